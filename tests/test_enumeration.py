@@ -1,0 +1,318 @@
+"""The enumeration engine against float64 brute force and closed forms."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxebm import enumeration
+from tests import reference
+from tests.conftest import random_couplings
+
+F32_RTOL = 2e-6
+F64_RTOL = 1e-11
+
+
+# ----- codes -> spins ------------------------------------------------------------------------
+
+
+def _python_bits(code, n):
+    return [1.0 if (code >> k) & 1 else -1.0 for k in range(n)]
+
+
+@pytest.mark.parametrize("n", [31, 32, 33])
+def test_spins_decoding_across_word_boundaries(n):
+    codes = [0, 1, 2**30 + 7, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**32 + 2**31 + 5, 2**33 - 1]
+    codes = [c for c in codes if c < 2**n]
+    expected = np.array([_python_bits(c, n) for c in codes])
+    got = enumeration.spins(np.array(codes, dtype=np.uint64), n)
+    np.testing.assert_array_equal(np.asarray(got), expected)
+    hi = np.array([c >> 32 for c in codes], np.uint32)
+    lo = np.array([c & 0xFFFFFFFF for c in codes], np.uint32)
+    np.testing.assert_array_equal(np.asarray(enumeration.spins((hi, lo), n)), expected)
+    if n <= 32:
+        got32 = enumeration.spins(jnp.asarray(np.array(codes, np.uint32)), n)
+        np.testing.assert_array_equal(np.asarray(got32), expected)
+
+
+def test_spins_uint64_under_x64(x64):
+    codes = np.array([2**32 + 3, 2**33 - 1], np.uint64)
+    got = enumeration.spins(jnp.asarray(codes, dtype=jnp.uint64), 33, dtype=jnp.float64)
+    np.testing.assert_array_equal(np.asarray(got), np.array([_python_bits(int(c), 33) for c in codes]))
+
+
+def test_spins_rejects_too_few_bits():
+    with pytest.raises(ValueError, match="hold only 32 bits"):
+        enumeration.spins(jnp.arange(4, dtype=jnp.uint32), 33)
+    with pytest.raises(ValueError, match="n must be"):
+        enumeration.spins(np.arange(4), 65)
+
+
+def test_all_spins_order_and_refusal():
+    X = np.asarray(enumeration.all_spins(4))
+    np.testing.assert_array_equal(X, reference.all_states(4))
+    with pytest.raises(ValueError, match="2\\^30 = 1,073,741,824 states"):
+        enumeration.all_spins(30)
+
+
+# ----- generic engine ------------------------------------------------------------------------
+
+
+def _dense_fn(h, J, dtype=jnp.float32):
+    h, J = jnp.asarray(h, dtype), jnp.asarray(J, dtype)
+    return lambda x: 0.5 * jnp.einsum("bi,ij,bj->b", x, J, x, precision="highest") + x @ h
+
+
+@pytest.mark.parametrize("n,chunk", [(1, None), (3, 2), (7, 8), (11, None), (12, 64)])
+def test_log_sum_exp_states_matches_brute_force(rng, n, chunk):
+    h, J = random_couplings(rng, n)
+    got = enumeration.log_sum_exp_states(_dense_fn(h, J), n, chunk_size=chunk)
+    want = reference.ising_log_z(h, J)
+    assert abs(float(got) - want) <= F32_RTOL * abs(want) + 1e-6
+
+
+def test_expectation_states_pytree_statistics(rng):
+    n = 9
+    h, J = random_couplings(rng, n)
+    log_z, stats = enumeration.expectation_states(
+        _dense_fn(h, J), lambda x: {"mean": x, "corr": x[:, :, None] * x[:, None, :],
+                                    "mag2": jnp.sum(x, 1) ** 2}, n, chunk_size=16)
+    mean, corr = reference.ising_moments(h, J)
+    X = reference.all_states(n)
+    p = reference.ising_probs(h, J)
+    np.testing.assert_allclose(float(log_z), reference.ising_log_z(h, J), rtol=F32_RTOL)
+    np.testing.assert_allclose(stats["mean"], mean, atol=2e-6)
+    np.testing.assert_allclose(stats["corr"], corr, atol=2e-6)
+    np.testing.assert_allclose(float(stats["mag2"]), p @ X.sum(1) ** 2, rtol=2e-6)
+
+
+def test_generic_engine_float64(x64, rng):
+    n = 10
+    h, J = random_couplings(rng, n)
+    got = enumeration.log_sum_exp_states(_dense_fn(h, J, jnp.float64), n, chunk_size=32)
+    assert got.dtype == jnp.float64
+    assert abs(float(got) - reference.ising_log_z(h, J)) <= F64_RTOL * abs(reference.ising_log_z(h, J))
+
+
+def test_generic_engine_is_differentiable_in_closed_over_params(rng):
+    n = 6
+    h, J = random_couplings(rng, n)
+    grad = jax.grad(lambda h: enumeration.log_sum_exp_states(_dense_fn(h, J), n, chunk_size=4))(
+        jnp.asarray(h, jnp.float32))
+    np.testing.assert_allclose(grad, reference.ising_moments(h, J)[0], atol=2e-6)
+
+
+def test_generic_engine_handles_hard_constraints():
+    # -inf log weights (forbidden states) in whole chunks must not produce NaN.
+    def fn(x):
+        return jnp.where(x[:, -1] > 0, 0.0, -jnp.inf)
+
+    got = enumeration.log_sum_exp_states(fn, 6, chunk_size=2)
+    np.testing.assert_allclose(float(got), np.log(32.0), rtol=1e-7)
+
+
+def test_generic_engine_rejects_bad_log_weight_fn():
+    with pytest.raises(ValueError, match="log_weight_fn must map"):
+        enumeration.log_sum_exp_states(lambda x: x, 4)
+    with pytest.raises(ValueError, match="chunk_size must be a positive power of two"):
+        enumeration.log_sum_exp_states(lambda x: x.sum(1), 4, chunk_size=3)
+
+
+# ----- split engine --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 9, 13, 16])
+def test_pairwise_log_z_and_moments_float32(rng, n):
+    h, J = random_couplings(rng, n, scale=0.6)
+    want_z = reference.ising_log_z(h, J)
+    want_mean, want_corr = reference.ising_moments(h, J)
+    got_z = enumeration.pairwise_log_partition(h, J)
+    assert abs(float(got_z) - want_z) <= F32_RTOL * abs(want_z)
+    log_z, mean, corr = enumeration.pairwise_moments(h, J)
+    assert abs(float(log_z) - want_z) <= F32_RTOL * abs(want_z)
+    np.testing.assert_allclose(mean, want_mean, atol=3e-6)
+    np.testing.assert_allclose(corr, want_corr, atol=3e-6)
+
+
+@pytest.mark.parametrize("inner_bits,chunk_size", [(0, 1), (1, 2), (3, 1), (4, 4), (8, 2)])
+def test_pairwise_any_split_gives_the_same_answer(rng, inner_bits, chunk_size):
+    n = 8
+    h, J = random_couplings(rng, n)
+    got = enumeration.pairwise_moments(h, J, inner_bits=inner_bits, chunk_size=chunk_size)
+    want_mean, want_corr = reference.ising_moments(h, J)
+    np.testing.assert_allclose(float(got[0]), reference.ising_log_z(h, J), rtol=F32_RTOL)
+    np.testing.assert_allclose(got[1], want_mean, atol=2e-6)
+    np.testing.assert_allclose(got[2], want_corr, atol=2e-6)
+
+
+@pytest.mark.parametrize("n", [3, 12, 16])
+def test_pairwise_float64(x64, rng, n):
+    h, J = random_couplings(rng, n, scale=0.6)
+    log_z, mean, corr = enumeration.pairwise_moments(jnp.asarray(h), jnp.asarray(J), chunk_size=4)
+    assert log_z.dtype == jnp.float64
+    want_z = reference.ising_log_z(h, J)
+    want_mean, want_corr = reference.ising_moments(h, J)
+    assert abs(float(log_z) - want_z) <= F64_RTOL * abs(want_z)
+    np.testing.assert_allclose(mean, want_mean, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(corr, want_corr, rtol=0, atol=1e-12)
+    z2 = enumeration.pairwise_log_partition(jnp.asarray(h), jnp.asarray(J), inner_bits=2)
+    assert abs(float(z2) - want_z) <= F64_RTOL * abs(want_z)
+
+
+def test_pairwise_uses_symmetric_part_and_diagonal_like_brute_force(rng, x64):
+    n = 5
+    A = rng.normal(size=(n, n))
+    h = rng.normal(size=n)
+    X = reference.all_states(n)
+    want = reference.logsumexp(0.5 * np.einsum("si,ij,sj->s", X, A, X) + X @ h)
+    got = enumeration.pairwise_log_partition(jnp.asarray(h), jnp.asarray(A))
+    np.testing.assert_allclose(float(got), want, rtol=1e-12)
+
+
+def test_gradient_equals_autodiff_of_brute_force(x64, rng):
+    n = 7
+    h, J = (jnp.asarray(a) for a in random_couplings(rng, n))
+    X = jnp.asarray(reference.all_states(n))
+
+    def brute(h, J):
+        return jax.nn.logsumexp(0.5 * jnp.einsum("si,ij,sj->s", X, J, X) + X @ h)
+
+    g_brute = jax.grad(brute, argnums=(0, 1))(h, J)
+    g_engine = jax.grad(enumeration.pairwise_log_partition, argnums=(0, 1))(h, J)
+    for a, b in zip(g_engine, g_brute):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
+    # Forward mode too.
+    t = (jnp.ones(n), jnp.eye(n)[::-1])
+    _, jvp_engine = jax.jvp(enumeration.pairwise_log_partition, (h, J), t)
+    _, jvp_brute = jax.jvp(brute, (h, J), t)
+    np.testing.assert_allclose(jvp_engine, jvp_brute, rtol=1e-11)
+
+
+def test_vmap_over_parameters(rng):
+    hs, Js = zip(*[random_couplings(rng, 6) for _ in range(4)])
+    hs, Js = jnp.asarray(np.stack(hs), jnp.float32), jnp.asarray(np.stack(Js), jnp.float32)
+    got = jax.jit(jax.vmap(enumeration.pairwise_log_partition))(hs, Js)
+    want = [reference.ising_log_z(h, J) for h, J in zip(np.asarray(hs), np.asarray(Js))]
+    np.testing.assert_allclose(got, want, rtol=F32_RTOL)
+
+
+def test_compiles_once():
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(h, J):
+        return jax.grad(enumeration.pairwise_log_partition)(h, J)
+
+    for seed in range(3):
+        h, J = random_couplings(np.random.default_rng(seed), 10)
+        step(jnp.asarray(h, jnp.float32), jnp.asarray(J, jnp.float32))
+
+
+# ----- closed forms at larger n ---------------------------------------------------------------
+
+
+def test_independent_spins_n24_and_kahan_at_n26(rng):
+    for n in (24, 26):
+        h = rng.normal(size=n)
+        got = enumeration.pairwise_log_partition(h, np.zeros((n, n)))
+        want = reference.independent_log_z(h)
+        assert abs(float(got) - want) <= F32_RTOL * want
+    log_z, mean, corr = enumeration.pairwise_moments(h[:24], np.zeros((24, 24)))
+    np.testing.assert_allclose(mean, np.tanh(h[:24]), atol=3e-6)
+    t = np.tanh(h[:24])
+    off = ~np.eye(24, dtype=bool)
+    np.testing.assert_allclose(np.asarray(corr)[off], np.outer(t, t)[off], atol=3e-6)
+
+
+def test_open_chain_transfer_matrix_n24(rng):
+    n = 24
+    h = rng.normal(scale=0.4, size=n)
+    c = rng.normal(scale=0.8, size=n - 1)
+    J = np.diag(c, 1) + np.diag(c, -1)
+    want_z, want_mean, want_nn = reference.chain_log_z_and_moments(h, c)
+    log_z, mean, corr = enumeration.pairwise_moments(h, J)
+    assert abs(float(log_z) - want_z) <= F32_RTOL * abs(want_z)
+    np.testing.assert_allclose(mean, want_mean, atol=2e-6)
+    np.testing.assert_allclose(np.diag(np.asarray(corr), 1), want_nn, atol=2e-6)
+
+
+@pytest.mark.parametrize("coupling,field", [(0.5, 0.1), (1.5, 0.0), (2.0, -0.05)])
+def test_curie_weiss_n24(coupling, field):
+    n = 24
+    J = np.full((n, n), coupling / n) - np.eye(n) * coupling / n
+    want_z, want_mean, want_corr = reference.curie_weiss(n, coupling, field)
+    log_z, mean, corr = enumeration.pairwise_moments(np.full(n, field), J)
+    assert abs(float(log_z) - want_z) <= F32_RTOL * abs(want_z)
+    np.testing.assert_allclose(mean, want_mean, atol=2e-6)
+    off = ~np.eye(n, dtype=bool)
+    np.testing.assert_allclose(np.asarray(corr)[off], want_corr, atol=2e-6)
+
+
+# ----- refusal and validation ------------------------------------------------------------------
+
+
+def test_refuses_huge_enumerations_quickly():
+    n = 60
+    with pytest.raises(ValueError, match=r"2\^60 = 1,152,921,504,606,846,976 states, estimated at"):
+        enumeration.pairwise_log_partition(np.zeros(n), np.zeros((n, n)))
+    with pytest.raises(ValueError, match="max_seconds"):
+        enumeration.log_sum_exp_states(lambda x: x.sum(1), 48)
+    # an explicit budget moves the limit
+    with pytest.raises(ValueError, match="max_seconds=0.001"):
+        enumeration.pairwise_log_partition(np.zeros(30), np.zeros((30, 30)), max_seconds=1e-3)
+
+
+def test_pairwise_rejects_bad_shapes_and_values():
+    with pytest.raises(ValueError, match="J must have shape"):
+        enumeration.pairwise_log_partition(np.zeros(3), np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="h must be"):
+        enumeration.pairwise_log_partition(np.zeros((3, 1)), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="J contains 1 NaN"):
+        J = np.zeros((3, 3))
+        J[0, 1] = np.nan
+        enumeration.pairwise_log_partition(np.zeros(3), J)
+
+
+# ----- sharding across devices ----------------------------------------------------------------
+
+
+SHARDING_SCRIPT = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp, numpy as np
+    assert jax.device_count() == 8, jax.devices()
+    from jaxebm import enumeration
+    from tests import reference
+    from tests.conftest import random_couplings
+    rng = np.random.default_rng(3)
+    for n, kwargs in [(12, {}), (14, dict(inner_bits=4, chunk_size=2)), (9, dict(inner_bits=3))]:
+        h, J = random_couplings(rng, n)
+        one = enumeration.pairwise_moments(h, J, devices=jax.devices()[:1], **kwargs)
+        many = enumeration.pairwise_moments(h, J, **kwargs)  # all 8 devices by default
+        assert abs(float(many[0]) - reference.ising_log_z(h, J)) < 2e-6 * reference.ising_log_z(h, J)
+        for a, b in zip(one, many):
+            np.testing.assert_allclose(a, b, rtol=2e-6, atol=2e-6)
+        g = jax.jit(jax.grad(enumeration.pairwise_log_partition))(jnp.asarray(h, jnp.float32),
+                                                                   jnp.asarray(J, jnp.float32))
+        np.testing.assert_allclose(g, reference.ising_moments(h, J)[0], atol=3e-6)
+    # generic engine, with 5 chunks per device and a remainder
+    h, J = random_couplings(rng, 8)
+    fn = lambda x: 0.5 * jnp.einsum("bi,ij,bj->b", x, jnp.asarray(J, jnp.float32), x) + x @ jnp.asarray(h, jnp.float32)
+    lz, m = enumeration.expectation_states(fn, lambda x: x, 8, chunk_size=8)
+    np.testing.assert_allclose(float(lz), reference.ising_log_z(h, J), rtol=2e-6)
+    np.testing.assert_allclose(m, reference.ising_moments(h, J)[0], atol=2e-6)
+    print("SHARDING-OK")
+    """
+)
+
+
+def test_sharding_across_eight_simulated_devices():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT], env=env, cwd=root,
+                            capture_output=True, text=True, timeout=600)
+    assert "SHARDING-OK" in result.stdout, result.stdout + result.stderr
