@@ -8,7 +8,7 @@ vectors; :math:`0 \ln 0 = 0` is handled exactly.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax.numpy as jnp
 import numpy as np

@@ -85,6 +85,7 @@ def validate_data(data: ArrayLike, n: int | None = None, name: str = "data") -> 
         raise ValueError(f"{name} must have {n} columns (spins); got shape {np.shape(data)}.")
     if np.shape(data)[0] < 1:
         raise ValueError(f"{name} must hold at least one sample.")
+    check_finite(name, data)
     check_spins(name, data)
     return jnp.asarray(data)
 

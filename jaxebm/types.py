@@ -7,7 +7,7 @@ runtime dependency.
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 import jax
 import numpy as np
@@ -15,7 +15,7 @@ import numpy as np
 Array = jax.Array
 """A JAX array."""
 
-ArrayLike = Union[jax.Array, np.ndarray, np.generic, float, int]
+ArrayLike = jax.Array | np.ndarray | np.generic | float | int
 """Anything ``jnp.asarray`` accepts as numeric input."""
 
 PRNGKey = jax.Array
