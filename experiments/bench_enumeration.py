@@ -1,0 +1,103 @@
+"""Benchmark of the exact enumeration engine: states/s and time against N, for log Z and for
+moments, on whatever backend runs it; float32 accuracy against float64 at N <= 24.
+
+    python -m experiments.bench_enumeration [--smoke] [--sizes 20 24 28 30 32] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import common
+from jaxebm import enumeration
+
+NAME = "bench_enumeration"
+TITLE = "Exact enumeration engine: throughput and float32 accuracy"
+
+FULL_SIZES = (16, 20, 24, 26, 28, 30, 32)
+SMOKE_SIZES = (12, 16, 20)
+MOMENT_MAX_N = 30
+
+
+def dense_model(n: int, seed: int, dtype=np.float32):
+    """An SK-type dense model at beta = 1 with small fields."""
+    rng = np.random.default_rng(seed)
+    J = np.triu(rng.normal(size=(n, n)) / np.sqrt(n), 1)
+    J = J + J.T
+    h = 0.1 * rng.normal(size=n)
+    return jnp.asarray(h, dtype), jnp.asarray(J, dtype)
+
+
+def run(out_dir: Path, *, smoke: bool = False, seed: int = 0, sizes=None) -> dict:
+    sizes = tuple(sizes) if sizes else (SMOKE_SIZES if smoke else FULL_SIZES)
+    repeats = 1 if smoke else 3
+    log_z_fn = jax.jit(enumeration.pairwise_log_partition)
+    moments_fn = jax.jit(enumeration.pairwise_moments)
+    rows, records = [], []
+    for n in sizes:
+        h, J = dense_model(n, seed)
+        log_z, t_z = common.timed(lambda h=h, J=J: log_z_fn(h, J), repeats)
+        record = {"n": n, "states": 2**n, "log_z": float(log_z), "log_z_seconds": t_z,
+                  "log_z_states_per_s": 2**n / t_z}
+        if n <= MOMENT_MAX_N:
+            _, t_m = common.timed(lambda h=h, J=J: moments_fn(h, J), repeats)
+            record.update(moments_seconds=t_m, moments_states_per_s=2**n / t_m, moments_over_log_z=t_m / t_z)
+        if n <= 24:
+            with jax.enable_x64(True):
+                h64, J64 = dense_model(n, seed, np.float64)
+                ref = float(enumeration.pairwise_log_partition(h64, J64))
+                _, m64, c64 = enumeration.pairwise_moments(h64, J64)
+                m64, c64 = np.asarray(m64), np.asarray(c64)
+            _, m32, c32 = moments_fn(h, J)
+            record["f32_vs_f64_log_z_rel_err"] = abs(float(log_z) - ref) / abs(ref)
+            record["f32_vs_f64_moments_max_abs_err"] = float(max(np.abs(np.asarray(m32) - m64).max(),
+                                                                 np.abs(np.asarray(c32) - c64).max()))
+        records.append(record)
+        rows.append([n, f"{t_z:.4f}", f"{2**n / t_z:.3g}", f"{record.get('moments_seconds', float('nan')):.4f}",
+                     f"{record.get('moments_over_log_z', float('nan')):.2f}",
+                     f"{record.get('f32_vs_f64_log_z_rel_err', float('nan')):.1e}"])
+        print(f"N={n}: log Z {t_z:.4f}s ({2**n / t_z:.3g} states/s)", flush=True)
+
+    figures = []
+    plt = common.pyplot()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if plt is not None:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        ns = [r["n"] for r in records]
+        axes[0].semilogy(ns, [r["log_z_seconds"] for r in records], "o-", label="log Z")
+        mom = [r for r in records if "moments_seconds" in r]
+        axes[0].semilogy([r["n"] for r in mom], [r["moments_seconds"] for r in mom], "s-", label="moments")
+        axes[0].set_xlabel("N (spins)")
+        axes[0].set_ylabel("seconds")
+        axes[0].legend()
+        axes[1].plot(ns, [r["log_z_states_per_s"] for r in records], "o-")
+        axes[1].set_xlabel("N (spins)")
+        axes[1].set_ylabel("states / s (log Z)")
+        backend = jax.default_backend()
+        fig.suptitle(f"split enumeration on {backend} ({jax.devices()[0].device_kind})")
+        figures.append(common.save_figure(fig, out_dir, "enumeration_scaling.png"))
+    summary = common.markdown_table(
+        ["N", "log Z s", "states/s", "moments s", "moments / log Z", "f32 vs f64 rel err"], rows)
+    config = {"sizes": list(sizes), "repeats": repeats, "model": "dense SK, beta=1, h~N(0,0.1^2)",
+              "precision": "HIGHEST", "dtype": "float32"}
+    return common.write_results(out_dir, NAME, seed=seed, smoke=smoke, config=config,
+                                metrics={"runs": records}, figures=figures, summary=summary, title=TITLE)
+
+
+def main(argv=None):
+    parser = common.make_parser(NAME, TITLE)
+    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="N values to time")
+    args = parser.parse_args(argv)
+    record = run(args.out, smoke=args.smoke, seed=args.seed, sizes=args.sizes)
+    print(record["summary"])
+    return record
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
