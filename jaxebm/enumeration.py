@@ -69,6 +69,7 @@ __all__ = [
     "SplitPlan",
     "all_spins",
     "check_enumerable",
+    "covariance_states",
     "estimate_seconds",
     "expectation_states",
     "log_sum_exp_states",
@@ -332,7 +333,7 @@ def _chunk_states(i: Array, n: int, c: int, dtype) -> Array:
     return jnp.concatenate([low, jnp.broadcast_to(high, (2**c, n - c))], axis=1)
 
 
-def _generic(log_weight_fn, stat_fn, n, chunk_size, max_seconds, devices, dtype):
+def _generic(log_weight_fn, stat_fn, n, chunk_size, max_seconds, devices, dtype, second_moment=False):
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive integer; got {n!r}.")
     n = int(n)
@@ -349,6 +350,11 @@ def _generic(log_weight_fn, stat_fn, n, chunk_size, max_seconds, devices, dtype)
     if stat_fn is not None:
         stat_shapes = jax.eval_shape(stat_fn, probe)
         stat_width = sum(int(np.prod(s.shape[1:])) for s in jax.tree_util.tree_leaves(stat_shapes))
+        if second_moment:
+            if not (hasattr(stat_shapes, "shape") and len(stat_shapes.shape) == 2):
+                raise ValueError("feature_fn must map (B, n) states to a (B, p) array of features; got "
+                                 f"{stat_shapes}.")
+            stat_width = 2 * stat_width
     else:
         stat_shapes, stat_width = None, 0
     dtype = jnp.result_type(dtype, out.dtype)
@@ -363,6 +369,9 @@ def _generic(log_weight_fn, stat_fn, n, chunk_size, max_seconds, devices, dtype)
 
     if stat_fn is None:
         init_accs = ()
+    elif second_moment:
+        p = stat_shapes.shape[1]
+        init_accs = (jnp.zeros((p,), dtype), jnp.zeros((p, p), dtype))
     else:
         init_accs = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape[1:], dtype), stat_shapes)
 
@@ -374,6 +383,14 @@ def _generic(log_weight_fn, stat_fn, n, chunk_size, max_seconds, devices, dtype)
         if stat_fn is None:
             return _fold_update(fold, L, lambda P: ())
         stats = outs[1]
+        if second_moment:
+            phi = stats.astype(dtype)
+
+            def moments(P):
+                weighted = phi * P[:, None]
+                return (jnp.sum(weighted, axis=0), jnp.dot(phi.T, weighted, precision=HIGHEST))
+
+            return _fold_update(fold, L, moments)
 
         def contributions(P):
             return jax.tree_util.tree_map(
@@ -430,6 +447,28 @@ def expectation_states(log_weight_fn: Callable[[Array], Array], stat_fn: Callabl
       the batch axis.
     """
     return _generic(log_weight_fn, stat_fn, n, chunk_size, max_seconds, devices, dtype)
+
+
+def covariance_states(log_weight_fn: Callable[[Array], Array], feature_fn: Callable[[Array], Array], n: int, *,
+                      chunk_size: int | None = None, max_seconds: float | None = None,
+                      devices: Sequence | None = None, dtype=None) -> tuple[Array, Array, Array]:
+    r"""Exact :math:`\log Z`, :math:`\mathbb{E}_q[f]` and :math:`\mathbb{E}_q[f f^\top]` for a
+    vector feature :math:`f: \{-1,+1\}^n \to \mathbb{R}^p`, in one streamed pass.
+
+    Each chunk contributes the matmul :math:`F^\top \mathrm{diag}(P) F` (``F`` the chunk's
+    ``(C, p)`` features), so e.g. the Fisher information of an exponential family costs
+    :math:`O(2^n p^2)` flops at matmul speed.
+
+    Args:
+      feature_fn: ``(B, n) -> (B, p)``.
+      other arguments: as in :func:`log_sum_exp_states`.
+
+    Returns:
+      ``(log_z, mean (p,), second_moment (p, p))``.
+    """
+    log_z, (mean, second) = _generic(log_weight_fn, feature_fn, n, chunk_size, max_seconds, devices, dtype,
+                                     second_moment=True)
+    return log_z, mean, second
 
 
 # --------------------------------------------------------------------------------------

@@ -1,0 +1,385 @@
+r"""Chapter 2.6: the gradient method as surrogate minimisation, and the Hessian-eigenvalue
+learning-rate rule.
+
+The surrogate (Eq. (2.40)) of a loss :math:`f` at :math:`\theta_0` is
+
+.. math:: f_\eta(\theta, \theta_0) = f(\theta_0) + \nabla f(\theta_0)^\top(\theta-\theta_0)
+          + \frac{1}{2\eta}\lVert\theta-\theta_0\rVert^2 ,
+
+and its minimiser is the gradient step :math:`\theta_0 - \eta\nabla f(\theta_0)`. When
+:math:`f \le f_\eta` on the segment between old and new parameters, the step cannot increase
+:math:`f` (Eq. (2.38)); a sufficient condition is :math:`\eta \le 1/\lambda_{\max}(H)` for
+the Hessian along that segment (Eq. (2.43)-(2.47)).
+
+**Global bound vs local estimate.** Erratum (2.47): the notes state the rule at a single
+point. It *guarantees* descent only when :math:`\lambda_{\max}` bounds the Hessian on the
+whole segment, i.e. with a global smoothness constant :math:`L`
+(:func:`ising_smoothness_bound`): then :math:`f(\theta') \le f(\theta) -
+\lVert\nabla f\rVert^2/(2L)`. The local estimate :math:`\lambda_{\max}(H(\theta))`
+(:func:`max_eigenvalue`, :func:`scale_by_hessian_bound`) gives much larger, faster steps but
+is not a guarantee: the curvature may grow along the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+from jax.flatten_util import ravel_pytree
+
+from jaxebm.types import Array, PyTree
+
+__all__ = [
+    "EigenInfo",
+    "ScaleByHessianBoundState",
+    "hessian_bounded_sgd",
+    "hvp",
+    "ising_smoothness_bound",
+    "max_eigenvalue",
+    "scale_by_hessian_bound",
+    "surrogate",
+]
+
+
+def _scalar_loss(loss_fn: Callable, params: PyTree, args: tuple) -> Callable[[PyTree], Array]:
+    out = jax.eval_shape(lambda p: loss_fn(p, *args), params)
+    if not hasattr(out, "shape") or out.shape != ():
+        raise ValueError(f"loss_fn must return a scalar; it returned {getattr(out, 'shape', type(out))}.")
+    return lambda p: loss_fn(p, *args)
+
+
+def hvp(loss_fn: Callable, params: PyTree, vector: PyTree, *args) -> PyTree:
+    r"""Hessian-vector product :math:`H(\theta) v` as ``jax.jvp`` of ``jax.grad``
+    (forward-over-reverse; the Hessian is never formed)."""
+    f = _scalar_loss(loss_fn, params, args)
+    return jax.jvp(jax.value_and_grad(f), (params,), (vector,))[1][1]
+
+
+class EigenInfo(NamedTuple):
+    """Diagnostics of an eigenvalue estimate."""
+
+    num_hvps: Array  # int32 scalar: Hessian-vector products used
+    converged: Array  # bool scalar
+    smallest: Array  # float scalar: smallest eigenvalue when computed, else NaN
+
+
+def _power(matvec, v0, num_iters, tol, lam0):
+    """Power iteration on the symmetric operator ``matvec`` from unit ``v0``.
+
+    Stops when the Rayleigh quotient changes by at most ``tol`` relative, counting ``lam0``
+    (the previous estimate, for warm starts) as iterate 0. Returns (lam, v, iters, converged)
+    for the eigenvalue of largest magnitude.
+    """
+
+    def cond(carry):
+        _, _, k, done = carry[0], carry[1], carry[2], carry[3]
+        return (k < num_iters) & ~done
+
+    def body(carry):
+        lam_prev, v, k, _ = carry
+        w = matvec(v)
+        lam = jnp.vdot(v, w)
+        norm = jnp.linalg.norm(w)
+        v_next = jnp.where(norm > 0, w / jnp.where(norm > 0, norm, 1.0), v)
+        done = jnp.abs(lam - lam_prev) <= tol * jnp.abs(lam)
+        return lam, v_next, k + 1, done
+
+    lam, v, k, done = lax.while_loop(cond, body, (lam0, v0, jnp.int32(0), jnp.bool_(False)))
+    return lam, v, k, done
+
+
+def _lanczos(matvec, v0, num_iters):
+    """``num_iters`` Lanczos steps with full reorthogonalisation. Returns the Ritz values
+    (ascending) and unit Ritz vectors (columns).
+
+    On breakdown (the Krylov space became invariant: ``beta`` at rounding level) the
+    iteration stops extending the basis; the remaining diagonal entries of T are set to
+    ``alpha_0``, which lies inside the spectrum found so far and so leaves its extremes
+    unchanged.
+    """
+    dim = v0.shape[0]
+    k = min(num_iters, dim)
+    dtype = v0.dtype
+    eps = jnp.finfo(dtype).eps
+    V = jnp.zeros((k + 1, dim), dtype).at[0].set(v0)
+    alphas = jnp.zeros((k,), dtype)
+    betas = jnp.zeros((k,), dtype)
+
+    def body(i, carry):
+        V, alphas, betas, scale, broken = carry
+        w = matvec(V[i])
+        alpha = jnp.vdot(V[i], w)
+        mask = (jnp.arange(k + 1) <= i)[:, None]
+        for _ in range(2):  # full reorthogonalisation, twice is enough
+            w = w - jnp.dot(V.T, jnp.where(mask, V, 0.0) @ w)
+        beta = jnp.linalg.norm(w)
+        scale = jnp.maximum(scale, jnp.abs(alpha) + beta)
+        alpha = jnp.where(broken, alphas[0], alpha)
+        beta = jnp.where(broken, 0.0, beta)
+        broken_next = broken | (beta <= 1e3 * eps * scale)
+        v_next = jnp.where(broken_next, 0.0, w / jnp.where(beta > 0, beta, 1.0))
+        beta = jnp.where(broken_next, 0.0, beta)
+        return V.at[i + 1].set(v_next), alphas.at[i].set(alpha), betas.at[i].set(beta), scale, broken_next
+
+    init = (V, alphas, betas, jnp.zeros((), dtype), jnp.bool_(False))
+    V, alphas, betas, _, _ = lax.fori_loop(0, k, body, init)
+    T = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
+    ritz, vecs = jnp.linalg.eigh(T)
+    ritz_vectors = V[:k].T @ vecs
+    ritz_vectors = ritz_vectors / jnp.maximum(jnp.linalg.norm(ritz_vectors, axis=0, keepdims=True), 1e-30)
+    return ritz, ritz_vectors
+
+
+def max_eigenvalue(loss_fn: Callable, params: PyTree, *args, method: str = "power", which: str = "largest",
+                   num_iters: int = 100, tol: float = 1e-6, init_vector: PyTree | None = None,
+                   init_eigenvalue: Array | float | None = None, key: Array | None = None,
+                   return_info: bool = False):
+    r"""Extreme eigenvalue of the Hessian of ``loss_fn`` at ``params``, with its eigenvector.
+
+    .. math:: \lambda_{\max} = \max_{\lVert v\rVert = 1} v^\top H(\theta) v,
+              \qquad H = \nabla\nabla^\top f(\theta) \quad \text{Eq. (2.43)-(2.47)}
+
+    Hessian-vector products are ``jax.jvp`` of ``jax.grad``; the Hessian is formed only for
+    ``method="dense"``. Parameters may be any pytree (flattened internally).
+
+    Args:
+      loss_fn: scalar function ``loss_fn(params, *args)``.
+      params: the point :math:`\theta`.
+      *args: further arguments of ``loss_fn`` (e.g. data).
+      method: ``"power"`` (power iteration with a relative tolerance; for an indefinite
+        Hessian a second, shifted iteration finds the requested end), ``"lanczos"``
+        (``num_iters`` steps, full reorthogonalisation) or ``"dense"`` (``jax.hessian`` and
+        ``eigh``; small problems only).
+      which: ``"largest"`` (algebraically) or ``"smallest"``; the loss of an RBM is not
+        convex, so its smallest eigenvalue can be negative.
+      num_iters: maximum power iterations, or Lanczos steps.
+      tol: relative change of the Rayleigh quotient at which power iteration stops.
+      init_vector: pytree like ``params`` to warm-start from (e.g. the previous eigenvector).
+      init_eigenvalue: the previous estimate, counted as iterate 0 of the stopping rule.
+      key: PRNG key for a random start vector (default: a fixed key).
+      return_info: also return :class:`EigenInfo`.
+
+    Returns:
+      ``(eigenvalue, eigenvector)`` with the eigenvector a unit-norm pytree like ``params``,
+      or ``(eigenvalue, eigenvector, info)``.
+    """
+    if method not in ("power", "lanczos", "dense"):
+        raise ValueError(f"method must be 'power', 'lanczos' or 'dense'; got {method!r}.")
+    if which not in ("largest", "smallest"):
+        raise ValueError(f"which must be 'largest' or 'smallest'; got {which!r}.")
+    if num_iters < 1:
+        raise ValueError(f"num_iters must be positive; got {num_iters}.")
+    f = _scalar_loss(loss_fn, params, args)
+    flat, unravel = ravel_pytree(params)
+    dtype = flat.dtype
+
+    def matvec(v):
+        return ravel_pytree(jax.jvp(jax.value_and_grad(f), (params,), (unravel(v),))[1][1])[0]
+
+    if init_vector is not None:
+        v0 = ravel_pytree(init_vector)[0].astype(dtype)
+    else:
+        v0 = jax.random.normal(jax.random.key(0) if key is None else key, flat.shape, dtype)
+    v0 = v0 / jnp.linalg.norm(v0)
+    nan = jnp.array(jnp.nan, dtype)
+
+    if method == "dense":
+        H = jax.hessian(lambda x: f(unravel(x)))(flat)
+        evals, evecs = jnp.linalg.eigh(0.5 * (H + H.T))
+        idx = -1 if which == "largest" else 0
+        lam, v = evals[idx], evecs[:, idx]
+        info = EigenInfo(jnp.int32(0), jnp.bool_(True), evals[0])
+    elif method == "lanczos":
+        ritz, vecs = _lanczos(matvec, v0, num_iters)
+        idx = -1 if which == "largest" else 0
+        lam, v = ritz[idx], vecs[:, idx]
+        info = EigenInfo(jnp.int32(min(num_iters, flat.shape[0])), jnp.bool_(True), ritz[0])
+    else:
+        lam0 = nan if init_eigenvalue is None else jnp.asarray(init_eigenvalue, dtype)
+        lam, v, k, done = _power(matvec, v0, num_iters, tol, lam0)
+        want_positive = which == "largest"
+        # Power iteration finds the eigenvalue of largest magnitude. If it lies at the other
+        # end of the spectrum, iterate on H - lam I, whose dominant eigenvalue is the
+        # requested end minus lam.
+        wrong_end = (lam < 0) if want_positive else (lam > 0)
+
+        def shifted(_):
+            shift = lam
+            lam2, v2, k2, done2 = _power(lambda u: matvec(u) - shift * u, v0, num_iters, tol, nan)
+            return lam2 + shift, v2, k + k2, done2
+
+        lam, v, k, done = lax.cond(wrong_end, shifted, lambda _: (lam, v, k, done), None)
+        info = EigenInfo(k, done, nan)
+    v = unravel(v.astype(dtype))
+    return (lam, v, info) if return_info else (lam, v)
+
+
+def ising_smoothness_bound(n: int) -> float:
+    r"""A global bound :math:`L` on the Hessian of the Ising negative log-likelihood.
+
+    .. math:: \lambda_{\max}\big(H(\theta)\big) \le L = n + \frac{n(n-1)}{2}
+              \quad\text{for every } \theta
+
+    *Proof.* The nll is :math:`\log Z(\theta) - \theta^\top\bar\phi`, so its Hessian is the
+    covariance of the sufficient statistics, :math:`H = \mathrm{Cov}_\theta[\phi]` (the Fisher
+    information). In the flat coordinates :math:`\theta = (h, J_{k<l})`, :math:`\phi(x) =
+    (x_k, x_k x_l)` has :math:`n + n(n-1)/2` entries, each :math:`\pm1`. For a PSD matrix,
+    :math:`\lambda_{\max} \le \mathrm{tr}\,H = \mathbb{E}\lVert\phi - \mathbb{E}\phi\rVert^2 \le
+    \mathbb{E}\lVert\phi\rVert^2 = n + n(n-1)/2`. In the coordinates of ``IsingParams``
+    (``h`` and the full symmetric ``J``, where :math:`J_{kl}` and :math:`J_{lk}` each carry
+    :math:`\tfrac12 x_k x_l` and the diagonal carries a constant), the same argument gives
+    :math:`n + n(n-1)/4 \le L`. Hence the bound holds for every :math:`\theta` on any segment,
+    and a gradient step with :math:`\eta = 1/L` satisfies Eq. (2.38):
+    :math:`f(\theta') \le f(\theta) - \lVert\nabla f\rVert^2/(2L)`. The nll never increases.
+    """
+    if int(n) < 1:
+        raise ValueError(f"n must be a positive integer; got {n}.")
+    n = int(n)
+    return float(n + n * (n - 1) // 2)
+
+
+def surrogate(loss_fn: Callable, params0: PyTree, eta: float, *args) -> Callable[[PyTree], Array]:
+    r"""The surrogate function of Eq. (2.40) at ``params0``:
+
+    .. math:: f_\eta(\theta, \theta_0) = f(\theta_0) + \nabla f(\theta_0)^\top(\theta-\theta_0)
+              + \frac{1}{2\eta}\lVert\theta-\theta_0\rVert^2
+
+    Returns a function of ``params`` (same pytree structure). When :math:`\eta \le 1/L` for a
+    bound :math:`L` on the Hessian, :math:`f \le f_\eta` everywhere (Eq. (2.41)).
+    """
+    if not eta > 0:
+        raise ValueError(f"eta must be positive; got {eta}.")
+    f = _scalar_loss(loss_fn, params0, args)
+    value0, grad0 = jax.value_and_grad(f)(params0)
+
+    def f_eta(params):
+        diff = jax.tree_util.tree_map(lambda a, b: a - b, params, params0)
+        linear = sum(jnp.vdot(g, d) for g, d in zip(jax.tree_util.tree_leaves(grad0),
+                                                   jax.tree_util.tree_leaves(diff)))
+        quad = sum(jnp.vdot(d, d) for d in jax.tree_util.tree_leaves(diff))
+        return value0 + linear + quad / (2.0 * eta)
+
+    return f_eta
+
+
+class ScaleByHessianBoundState(NamedTuple):
+    """State of :func:`scale_by_hessian_bound`."""
+
+    count: chex.Array  # int32 scalar: update steps taken
+    eigenvalue: chex.Array  # float scalar: current estimate of lambda_max
+    eigenvector: Any  # pytree like params: warm start of the next power iteration
+    num_hvps: chex.Array  # int32 scalar: Hessian-vector products used at the last re-estimate
+
+
+def scale_by_hessian_bound(safety: float = 1.0, every: int = 1, *, num_iters: int = 20, tol: float = 1e-3,
+                           eigenvalue_floor: float = 1e-8, seed: int = 0) -> optax.GradientTransformationExtraArgs:
+    r"""Scales updates by :math:`\text{safety}/\lambda_{\max}(H(\theta))`, the learning-rate rule
+    of Eq. (2.47).
+
+    .. math:: u_t = \frac{\text{safety}}{\max(\hat\lambda_t, \epsilon)}\, g_t, \qquad
+              \hat\lambda_t \approx \lambda_{\max}\big(\nabla^2 f(\theta_t)\big)
+
+    :math:`\hat\lambda_t` is re-estimated every ``every`` steps by power iteration on
+    Hessian-vector products of ``value_fn`` at ``params``, warm-started from the eigenvector
+    (and eigenvalue) kept in the state, so on a slowly changing loss a re-estimate costs one or
+    two HVPs. Following optax's line searches, ``update`` takes ``value_fn`` as a keyword
+    argument. This is the *local* rule: fast, not a guarantee (see the module docstring and
+    the erratum on (2.47)); for guaranteed descent use ``optax.sgd(1 / L)`` with a global
+    bound such as :func:`ising_smoothness_bound`.
+
+    Args:
+      safety: multiplier of :math:`1/\lambda_{\max}`, in (0, 2) for stability on a quadratic.
+      every: re-estimate every this many steps (1 = each step).
+      num_iters: maximum power iterations per re-estimate (the first uses ``4 * num_iters``).
+      tol: relative tolerance of the power iteration.
+      eigenvalue_floor: :math:`\epsilon`, guarding against a non-positive curvature estimate.
+      seed: seed of the random initial eigenvector.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``; ``update(updates, state, params, *,
+      value_fn, **extra_args)``.
+
+    Examples:
+      >>> opt = optax.chain(scale_by_hessian_bound(safety=1.0), optax.scale(-1.0))
+      >>> state = opt.init(params)
+      >>> grads = jax.grad(loss)(params)
+      >>> updates, state = opt.update(grads, state, params, value_fn=loss)
+      >>> params = optax.apply_updates(params, updates)
+    """
+    if not safety > 0:
+        raise ValueError(f"safety must be positive; got {safety}.")
+    if int(every) < 1:
+        raise ValueError(f"every must be a positive integer; got {every}.")
+    if int(num_iters) < 1:
+        raise ValueError(f"num_iters must be a positive integer; got {num_iters}.")
+
+    def init_fn(params):
+        flat, unravel = ravel_pytree(params)
+        v = jax.random.normal(jax.random.key(seed), flat.shape, flat.dtype)
+        return ScaleByHessianBoundState(
+            count=jnp.zeros((), jnp.int32),
+            eigenvalue=jnp.full((), jnp.nan, flat.dtype),
+            eigenvector=unravel(v / jnp.linalg.norm(v)),
+            num_hvps=jnp.zeros((), jnp.int32),
+        )
+
+    def update_fn(updates, state, params=None, *, value_fn=None, **extra_args):
+        del extra_args
+        if params is None or value_fn is None:
+            raise ValueError("scale_by_hessian_bound needs params and value_fn: "
+                             "opt.update(grads, state, params, value_fn=loss).")
+
+        def estimate(state):
+            first = jnp.isnan(state.eigenvalue)
+            iters = jnp.where(first, 4 * num_iters, num_iters)
+            lam, v, info = _warm_power(value_fn, params, state.eigenvector, state.eigenvalue, iters, tol)
+            return lam, v, info
+
+        def keep(state):
+            return state.eigenvalue, state.eigenvector, jnp.zeros((), jnp.int32)
+
+        lam, v, hvps = lax.cond(state.count % every == 0, estimate, keep, state)
+        scale = safety / jnp.maximum(lam, eigenvalue_floor)
+        updates = jax.tree_util.tree_map(lambda u: (scale * u).astype(u.dtype), updates)
+        new_state = ScaleByHessianBoundState(
+            count=optax.safe_increment(state.count), eigenvalue=lam.astype(state.eigenvalue.dtype),
+            eigenvector=v, num_hvps=hvps)
+        return updates, new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _warm_power(value_fn, params, vector, eigenvalue, max_iters, tol):
+    """Power iteration for the dominant Hessian eigenvalue with a traced iteration cap."""
+    flat, unravel = ravel_pytree(params)
+    out = jax.eval_shape(value_fn, params)
+    if out.shape != ():
+        raise ValueError(f"value_fn must return a scalar; it returned shape {out.shape}.")
+
+    def matvec(u):
+        return ravel_pytree(jax.jvp(jax.value_and_grad(value_fn), (params,), (unravel(u),))[1][1])[0]
+
+    v0 = ravel_pytree(vector)[0].astype(flat.dtype)
+    v0 = v0 / jnp.linalg.norm(v0)
+    lam, v, k, _ = _power(matvec, v0, max_iters, tol, eigenvalue.astype(flat.dtype))
+    return lam, unravel(v), k
+
+
+def hessian_bounded_sgd(safety: float = 1.0, every: int = 1, **kwargs) -> optax.GradientTransformationExtraArgs:
+    r"""Gradient descent with the learning rate :math:`\eta_t = \text{safety}/\lambda_{\max}(H_t)`
+    (Eq. (2.35), (2.47)): :func:`scale_by_hessian_bound` chained with ``optax.scale(-1)``.
+
+    .. math:: \theta_{t+1} = \theta_t - \frac{\text{safety}}{\hat\lambda_{\max}(\theta_t)}
+              \nabla f(\theta_t)
+
+    Examples:
+      >>> opt = hessian_bounded_sgd(safety=1.0)
+      >>> updates, state = opt.update(grads, state, params, value_fn=loss)
+    """
+    return optax.chain(scale_by_hessian_bound(safety, every, **kwargs), optax.scale(-1.0))
+

@@ -1,0 +1,199 @@
+"""The Hessian-eigenvalue learning-rate rule (ch. 2.6) against exact Hessians."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxebm import curvature, ising, optim
+from jaxebm.ising import IsingParams
+from tests import reference
+from tests.conftest import random_couplings
+
+
+def _ising_problem(rng, n=6, num=300, scale=0.5):
+    h, J = random_couplings(rng, n, scale=scale)
+    params = IsingParams(jnp.asarray(h, jnp.float32), jnp.asarray(J, jnp.float32))
+    data = ising.sample_exact(jax.random.key(0), params, num)
+    return params, data, h, J
+
+
+@pytest.mark.parametrize("method", ["power", "lanczos", "dense"])
+def test_max_eigenvalue_matches_exact_fisher(rng, method):
+    params, data, h, J = _ising_problem(rng)
+    n = 6
+    theta = ising.to_flat(params)
+    # the eigenvector converges more slowly than the eigenvalue: ask power iteration for more
+    kw = dict(num_iters=3000, tol=1e-10) if method == "power" else dict(num_iters=40)
+    lam, vec = curvature.max_eigenvalue(lambda t, d: ising.nll(ising.from_flat(t, n), d), theta, data,
+                                        method=method, **kw)
+    evals, evecs = np.linalg.eigh(reference.ising_fisher(h, J))
+    assert abs(float(lam) - evals[-1]) <= 1e-4 * evals[-1]
+    assert abs(abs(float(np.dot(vec, evecs[:, -1]))) - 1) < 1e-3
+    # the library's own Fisher agrees too
+    np.testing.assert_allclose(ising.fisher(params), reference.ising_fisher(h, J), atol=2e-6)
+
+
+@pytest.mark.parametrize("method", ["power", "lanczos"])
+def test_max_eigenvalue_in_pytree_coordinates(rng, method):
+    params, data, _, _ = _ising_problem(rng, n=5)
+    lam, vec = curvature.max_eigenvalue(ising.nll, params, data, method=method, num_iters=300 if method == "power"
+                                        else 30)
+    flat = jnp.concatenate([params.h, params.J.ravel()])
+    H = jax.hessian(lambda t: ising.nll(IsingParams(t[:5], t[5:].reshape(5, 5)), data))(flat)
+    want = np.linalg.eigvalsh(np.asarray(H, np.float64)).max()
+    assert abs(float(lam) - want) <= 1e-4 * want
+    assert isinstance(vec, IsingParams) and vec.J.shape == (5, 5)
+
+
+def test_smallest_eigenvalue_of_indefinite_hessian(x64):
+    rng = np.random.default_rng(5)
+    Q = np.linalg.qr(rng.normal(size=(12, 12)))[0]
+    evals = np.linspace(-3.0, 2.0, 12)
+    A = jnp.asarray(Q @ np.diag(evals) @ Q.T)
+
+    def loss(p):
+        return 0.5 * p["a"] @ A @ p["a"] + jnp.sum(jnp.sin(p["b"])) * 0.0
+
+    params = {"a": jnp.ones(12), "b": jnp.zeros(3)}
+    for method in ("power", "lanczos", "dense"):
+        kw = dict(num_iters=2000, tol=1e-12) if method == "power" else dict(num_iters=15)
+        hi, _ = curvature.max_eigenvalue(loss, params, method=method, **kw)
+        lo, _ = curvature.max_eigenvalue(loss, params, method=method, which="smallest", **kw)
+        # The dominant eigenvalue is -3; "largest" must still find +2 (shifted iteration).
+        np.testing.assert_allclose(float(hi), 2.0, rtol=1e-6)
+        np.testing.assert_allclose(float(lo), -3.0, rtol=1e-6)
+
+
+def test_warm_started_reestimate_needs_few_hvps(rng):
+    params, data, _, _ = _ising_problem(rng, n=8)
+    lam, vec = curvature.max_eigenvalue(ising.nll, params, data, num_iters=500, tol=1e-7)
+    grads = jax.grad(ising.nll)(params, data)
+    moved = jax.tree_util.tree_map(lambda p, g: p - 0.05 * g, params, grads)
+    lam2, _, info = curvature.max_eigenvalue(ising.nll, moved, data, init_vector=vec, init_eigenvalue=lam,
+                                             tol=1e-3, return_info=True)
+    assert int(info.num_hvps) <= 5 and bool(info.converged)
+    exact, _ = curvature.max_eigenvalue(ising.nll, moved, data, method="lanczos", num_iters=40)
+    assert abs(float(lam2) - float(exact)) <= 1e-2 * float(exact)
+
+
+@pytest.mark.parametrize("n,scale", [(1, 1.0), (3, 2.0), (6, 0.1), (6, 3.0)])
+def test_smoothness_bound_dominates_the_fisher(rng, n, scale):
+    L = curvature.ising_smoothness_bound(n)
+    assert L == n + n * (n - 1) / 2
+    for _ in range(5):
+        h, J = random_couplings(rng, n, scale=scale, field=scale)
+        assert np.linalg.eigvalsh(reference.ising_fisher(h, J)).max() <= L
+    # the near-extreme case: uniform fields and couplings close to 0 give Cov = I... and
+    # strongly aligned models concentrate on two states
+    assert np.linalg.eigvalsh(reference.ising_fisher(np.zeros(n), np.zeros((n, n)))).max() <= L
+
+
+def test_global_bound_gives_monotone_descent(rng):
+    n = 8
+    params, data, _, _ = _ising_problem(rng, n=n, scale=0.8)
+    start = ising.init(jax.random.key(2), n, scale=1.0)
+    L = curvature.ising_smoothness_bound(n)
+    _, _, history = jax.jit(lambda p: ising.fit(optax.sgd(1.0 / L), p, data, 100))(start)
+    losses = np.asarray(history.loss, np.float64)
+    assert np.all(np.diff(losses) <= 1e-6 * np.abs(losses[1:])), np.diff(losses).max()
+    assert losses[-1] < losses[0]
+
+
+def test_surrogate_is_an_upper_bound_with_eta_one_over_L(rng):
+    n = 5
+    params, data, _, _ = _ising_problem(rng, n=n)
+    theta0 = ising.to_flat(params)
+    loss = lambda t: ising.nll(ising.from_flat(t, n), data)  # noqa: E731
+    eta = 1.0 / curvature.ising_smoothness_bound(n)
+    f_eta = curvature.surrogate(loss, theta0, eta)
+    np.testing.assert_allclose(float(f_eta(theta0)), float(loss(theta0)), rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(f_eta)(theta0), jax.grad(loss)(theta0), atol=1e-6)
+    for scale in (0.01, 0.3, 3.0):
+        for _ in range(5):
+            theta = theta0 + scale * jnp.asarray(rng.normal(size=theta0.shape), jnp.float32)
+            assert float(loss(theta)) <= float(f_eta(theta)) + 1e-5  # Eq. (2.41)
+    # with a too-large eta the bound fails somewhere along the steepest-descent line
+    f_big = curvature.surrogate(loss, theta0, 100.0)
+    g = jax.grad(loss)(theta0)
+    vals = [float(loss(theta0 - t * g)) - float(f_big(theta0 - t * g)) for t in np.linspace(0.5, 5, 10)]
+    assert max(vals) > 0
+
+
+def test_transform_on_a_quadratic_is_the_exact_rule():
+    A = jnp.diag(jnp.array([4.0, 1.0, 0.5]))
+    loss = lambda p: 0.5 * p @ A @ p  # noqa: E731
+    opt = curvature.hessian_bounded_sgd(safety=1.0, num_iters=200, tol=1e-9)
+    params = jnp.array([1.0, 1.0, 1.0])
+    state = opt.init(params)
+    updates, state = opt.update(jax.grad(loss)(params), state, params, value_fn=loss)
+    np.testing.assert_allclose(updates, -jax.grad(loss)(params) / 4.0, rtol=1e-5)
+    np.testing.assert_allclose(float(state[0].eigenvalue), 4.0, rtol=1e-5)
+
+
+def test_transform_compiles_once_and_chains():
+    rng = np.random.default_rng(0)
+    params, data, _, _ = _ising_problem(rng, n=6)
+    opt = optax.chain(optax.clip_by_global_norm(10.0), curvature.scale_by_hessian_bound(safety=0.9),
+                      optax.scale(-1.0))
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(params, state):
+        loss = lambda p: ising.nll(p, data)  # noqa: E731
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, state = opt.update(grads, state, params, value_fn=loss)
+        return optax.apply_updates(params, updates), state, value
+
+    p = ising.init(jax.random.key(0), 6)
+    state = opt.init(p)
+    losses = []
+    for _ in range(10):
+        p, state, value = step(p, state)
+        losses.append(float(value))
+    assert losses[-1] < losses[0]
+
+
+def test_every_reestimates_only_on_schedule():
+    A = jnp.diag(jnp.array([3.0, 1.0]))
+    loss = lambda p: 0.5 * p @ A @ p  # noqa: E731
+    opt = curvature.scale_by_hessian_bound(every=3, num_iters=50)
+    params = jnp.array([1.0, -1.0])
+    state = opt.init(params)
+    hvps = []
+    for _ in range(7):
+        _, state = opt.update(jax.grad(loss)(params), state, params, value_fn=loss)
+        hvps.append(int(state.num_hvps))
+    assert [h > 0 for h in hvps] == [True, False, False, True, False, False, True]
+
+
+def test_hessian_bounded_sgd_in_the_scan_driver_float64(x64):
+    A = jnp.asarray(np.diag([2.0, 0.5]))
+    loss = lambda p: 0.5 * p @ A @ p  # noqa: E731
+    params, state, hist = optim.run(curvature.hessian_bounded_sgd(safety=1.0, every=5), loss,
+                                    jnp.array([1.0, 1.0]), 30)
+    assert params.dtype == jnp.float64 and hist.loss.dtype == jnp.float64
+    assert float(hist.loss[-1]) < 1e-6 * float(hist.loss[0])
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="safety must be positive"):
+        curvature.scale_by_hessian_bound(safety=0.0)
+    with pytest.raises(ValueError, match="every must be a positive integer"):
+        curvature.hessian_bounded_sgd(every=0)
+    with pytest.raises(ValueError, match="loss_fn must return a scalar"):
+        curvature.max_eigenvalue(lambda p: p * 2, jnp.ones(3))
+    with pytest.raises(ValueError, match="method must be"):
+        curvature.max_eigenvalue(lambda p: jnp.sum(p**2), jnp.ones(3), method="qr")
+    with pytest.raises(ValueError, match="eta must be positive"):
+        curvature.surrogate(lambda p: jnp.sum(p**2), jnp.ones(3), -1.0)
+    opt = curvature.scale_by_hessian_bound()
+    state = opt.init(jnp.ones(2))
+    with pytest.raises(ValueError, match="value_fn must return a scalar"):
+        opt.update(jnp.ones(2), state, jnp.ones(2), value_fn=lambda p: p)
+    with pytest.raises(ValueError, match="needs params and value_fn"):
+        opt.update(jnp.ones(2), state, jnp.ones(2))
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        curvature.ising_smoothness_bound(0)
