@@ -50,7 +50,7 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
     key = jax.random.key(seed)
     k1, k2, k3 = jax.random.split(key, 3)
     num = 500 if smoke else 5000
-    steps = 300 if smoke else 3000
+    steps = 150 if smoke else 3000
     metrics: dict = {}
 
     # ---- 1-D (Eq. (2.11)-(2.16)) ----

@@ -21,6 +21,8 @@ from experiments import common
 CHAPTERS = (
     "experiments.ch2_gaussian",
     "experiments.bench_enumeration",
+    "experiments.ch2_ising",
+    "experiments.ch2_learning_rate",
 )
 
 

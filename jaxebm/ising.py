@@ -48,6 +48,7 @@ __all__ = [
     "moment_residual",
     "moments",
     "nll",
+    "nll_from_moments",
     "sample_exact",
     "sherrington_kirkpatrick",
     "validate_data",
@@ -179,12 +180,30 @@ def log_prob(params: IsingParams, x: ArrayLike, **engine) -> Array:
 
 def data_moments(data: ArrayLike) -> tuple[Array, Array]:
     r"""Empirical moments :math:`\frac1M \sum_i x^{(i)}` and :math:`\frac1M \sum_i x^{(i)} x^{(i)\top}`,
-    the data side of Eq. (2.31)-(2.32)."""
+    the data side of Eq. (2.31)-(2.32). The diagonal of the second moment is exactly 1
+    (:math:`x_k^2 = 1`), not a float32 mean of ones."""
     data = validate_data(data)
     m = data.shape[0]
     mean = jnp.mean(data, axis=0)
     corr = jnp.matmul(data.T, data, precision=HIGHEST) / m
-    return mean, corr
+    return mean, corr.at[jnp.diag_indices(data.shape[1])].set(1.0)
+
+
+def nll_from_moments(params: IsingParams, mean: ArrayLike, corr: ArrayLike, **engine) -> Array:
+    r"""The nll of Eq. (2.30) from the data moments :math:`(\bar x, \overline{xx^\top})`:
+
+    .. math:: \mathcal{L}(\theta) = \log Z_\theta - h^\top \bar x - \tfrac12 \sum_{kl} J_{kl}
+              \overline{x_k x_l}
+
+    The exponential family depends on the data only through these moments, so training
+    loops compute them once (:func:`data_moments`)."""
+    mean, corr = jnp.asarray(mean), jnp.asarray(corr)
+    n = np.shape(params.h)[0]
+    if mean.shape != (n,) or corr.shape != (n, n):
+        raise ValueError(f"mean and corr must have shapes ({n},) and ({n}, {n}); got {mean.shape} and "
+                         f"{corr.shape}.")
+    data_term = jnp.dot(params.h, mean, precision=HIGHEST) + 0.5 * jnp.sum(params.J * corr)
+    return log_partition(params, **engine) - data_term
 
 
 def nll(params: IsingParams, data: ArrayLike, **engine) -> Array:
@@ -195,10 +214,12 @@ def nll(params: IsingParams, data: ArrayLike, **engine) -> Array:
               + h^\top x^{(i)}\Big) + \log Z_\theta
               = D_{KL}(p_0 \,\|\, q_\theta) - H(p_0)
 
-    Its gradient is the moment difference :math:`\langle\phi\rangle_\theta - \langle\phi\rangle_{data}`.
+    Its gradient is the moment difference :math:`\langle\phi\rangle_\theta - \langle\phi\rangle_{data}`,
+    exactly zero on the diagonal of ``J``.
     """
     data = validate_data(data, np.shape(params.h)[0])
-    return log_partition(params, **engine) - jnp.mean(log_weight(params, data.astype(params.h.dtype)))
+    mean, corr = data_moments(data.astype(jnp.result_type(params.h, jnp.float32)))
+    return nll_from_moments(params, mean, corr, **engine)
 
 
 def moment_residual(params: IsingParams, data: ArrayLike, **engine) -> Array:
@@ -288,7 +309,7 @@ def fisher(params: IsingParams, *, max_seconds: float | None = None, chunk_size:
     return 0.5 * (cov + cov.T)
 
 
-def fit(optimizer, params: IsingParams, data: ArrayLike, num_steps: int, **engine):
+def fit(optimizer, params: IsingParams, data: ArrayLike, num_steps: int, *, metrics_fn=None, **engine):
     r"""Learns an Ising model by exact gradient descent on :func:`nll` with any optax optimiser.
 
     The gradient is the moment difference, so descent is (erratum (2.33): the printed sign is
@@ -302,18 +323,24 @@ def fit(optimizer, params: IsingParams, data: ArrayLike, num_steps: int, **engin
 
     Returns:
       ``(params, opt_state, history)``; ``history.loss`` is the nll before each step and
-      ``history.metrics`` the moment residual (Eq. (2.31)-(2.32)) before each step.
+      ``history.metrics`` a dict with the moment residual (Eq. (2.31)-(2.32)) before each
+      step under ``"residual"``, plus whatever ``metrics_fn(params, loss, grads, opt_state)``
+      returns under ``"extra"``.
     """
     from jaxebm import optim
 
     data = validate_data(data, np.shape(params.h)[0])
-    data = data.astype(params.h.dtype)
+    mean, corr = data_moments(data.astype(params.h.dtype))
 
-    def residual(params, value, grads):
+    def metrics(params, value, grads, opt_state):
         # grad_h = <x> - mean, grad_J = (<xx> - corr)/2: the largest moment violation.
-        return jnp.maximum(jnp.max(jnp.abs(grads.h)), 2.0 * jnp.max(jnp.abs(grads.J)))
+        out = {"residual": jnp.maximum(jnp.max(jnp.abs(grads.h)), 2.0 * jnp.max(jnp.abs(grads.J)))}
+        if metrics_fn is not None:
+            out["extra"] = metrics_fn(params, value, grads, opt_state)
+        return out
 
-    return optim.run(optimizer, lambda p, d: nll(p, d, **engine), params, num_steps, data, metrics_fn=residual)
+    return optim.run(optimizer, lambda p, m, c: nll_from_moments(p, m, c, **engine), params, num_steps, mean, corr,
+                     metrics_fn=metrics)
 
 
 def sample_exact(key: PRNGKey, params: IsingParams, num_samples: int, *,

@@ -29,7 +29,7 @@ class History(NamedTuple):
 
 
 def run(optimizer: optax.GradientTransformation, loss_fn: Callable[..., Array], params: PyTree,
-        num_steps: int, *args, metrics_fn: Callable[[PyTree, Array, PyTree], PyTree] | None = None,
+        num_steps: int, *args, metrics_fn: Callable[[PyTree, Array, PyTree, PyTree], PyTree] | None = None,
         opt_state: PyTree | None = None) -> tuple[PyTree, PyTree, History]:
     """Runs ``num_steps`` optax steps on ``loss_fn(params, *args)`` as a ``lax.scan``.
 
@@ -40,7 +40,8 @@ def run(optimizer: optax.GradientTransformation, loss_fn: Callable[..., Array], 
       params: initial parameters (any pytree).
       num_steps: number of updates (static).
       *args: further arguments of ``loss_fn`` (e.g. data).
-      metrics_fn: optional ``(params, loss, grads) -> pytree`` recorded each step.
+      metrics_fn: optional ``(params, loss, grads, opt_state) -> pytree`` recorded each step
+        (``opt_state`` after the update).
       opt_state: state to continue from (default: ``optimizer.init(params)``).
 
     Returns:
@@ -57,7 +58,7 @@ def run(optimizer: optax.GradientTransformation, loss_fn: Callable[..., Array], 
         value, grads = jax.value_and_grad(value_fn)(params)
         updates, state = optimizer.update(grads, state, params, value=value, grad=grads, value_fn=value_fn)
         gmax = jnp.max(jnp.stack([jnp.max(jnp.abs(g)) for g in jax.tree_util.tree_leaves(grads)]))
-        extra = metrics_fn(params, value, grads) if metrics_fn is not None else None
+        extra = metrics_fn(params, value, grads, state) if metrics_fn is not None else None
         return (optax.apply_updates(params, updates), state), (value, gmax, extra)
 
     (params, state), (losses, gmax, extra) = jax.lax.scan(step, (params, state), None, length=int(num_steps))

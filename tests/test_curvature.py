@@ -106,9 +106,9 @@ def test_surrogate_is_an_upper_bound_with_eta_one_over_L(rng):
     n = 5
     params, data, _, _ = _ising_problem(rng, n=n)
     theta0 = ising.to_flat(params)
-    loss = lambda t: ising.nll(ising.from_flat(t, n), data)  # noqa: E731
+    loss = jax.jit(lambda t: ising.nll(ising.from_flat(t, n), data))
     eta = 1.0 / curvature.ising_smoothness_bound(n)
-    f_eta = curvature.surrogate(loss, theta0, eta)
+    f_eta = jax.jit(curvature.surrogate(loss, theta0, eta))
     np.testing.assert_allclose(float(f_eta(theta0)), float(loss(theta0)), rtol=1e-6)
     np.testing.assert_allclose(jax.grad(f_eta)(theta0), jax.grad(loss)(theta0), atol=1e-6)
     for scale in (0.01, 0.3, 3.0):
@@ -116,7 +116,7 @@ def test_surrogate_is_an_upper_bound_with_eta_one_over_L(rng):
             theta = theta0 + scale * jnp.asarray(rng.normal(size=theta0.shape), jnp.float32)
             assert float(loss(theta)) <= float(f_eta(theta)) + 1e-5  # Eq. (2.41)
     # with a too-large eta the bound fails somewhere along the steepest-descent line
-    f_big = curvature.surrogate(loss, theta0, 100.0)
+    f_big = jax.jit(curvature.surrogate(loss, theta0, 100.0))
     g = jax.grad(loss)(theta0)
     vals = [float(loss(theta0 - t * g)) - float(f_big(theta0 - t * g)) for t in np.linspace(0.5, 5, 10)]
     assert max(vals) > 0

@@ -26,10 +26,10 @@ def test_experiment_smoke(module_name, tmp_path):
 
 
 def test_tour_writes_report(tmp_path):
-    assert tour.main(["--smoke", "--out", str(tmp_path), "--only", "ch2_gaussian"]) == 0
+    assert tour.main(["--smoke", "--out", str(tmp_path), "--only", "bench_enumeration"]) == 0
     report = (tmp_path / "REPORT.md").read_text()
-    assert "Gaussian MLE" in report and "ch2_gaussian/results.json" in report
-    assert (tmp_path / "ch2_gaussian" / "results.json").exists()
+    assert "Exact enumeration engine" in report and "bench_enumeration/results.json" in report
+    assert (tmp_path / "bench_enumeration" / "results.json").exists()
 
 
 def _readme_commands():
