@@ -23,6 +23,8 @@ CHAPTERS = (
     "experiments.bench_enumeration",
     "experiments.ch2_ising",
     "experiments.ch2_learning_rate",
+    "experiments.ch3_gmm_em",
+    "experiments.bench_gmm",
 )
 
 

@@ -1,0 +1,264 @@
+"""EM for Gaussian mixtures: scikit-learn parity, monotonicity, ELBO identity, bad inputs."""
+
+import warnings
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn import datasets
+from sklearn.mixture import GaussianMixture
+
+from jaxebm import gmm
+from tests import reference
+
+
+def _standardised(name):
+    X = getattr(datasets, f"load_{name}")().data.astype(np.float64)
+    return (X - X.mean(0)) / X.std(0)
+
+
+def _precisions(params):
+    covs = np.asarray(params.covs)
+    if params.covariance_type in ("full", "tied"):
+        return np.linalg.inv(covs)
+    return 1.0 / covs
+
+
+@pytest.mark.parametrize("dataset,K", [("iris", 3), ("wine", 3), ("breast_cancer", 2)])
+@pytest.mark.parametrize("covariance_type", gmm.COVARIANCE_TYPES)
+def test_scikit_learn_parity_x64(x64, dataset, K, covariance_type):
+    X = _standardised(dataset)
+    start = gmm.initialize(jax.random.key(0), jnp.asarray(X), K, covariance_type, "kmeans++")
+    sk = GaussianMixture(K, covariance_type=covariance_type, max_iter=25, tol=0.0,
+                         weights_init=np.asarray(start.weights), means_init=np.asarray(start.means),
+                         precisions_init=_precisions(start))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sk.fit(X)
+        params, info = gmm.fit(jax.random.key(1), X, K, covariance_type=covariance_type, init=start,
+                               max_iter=25, tol=0.0)
+    assert info.n_iter == sk.n_iter_ == 25 and not info.converged
+    rtol = 1e-7
+    np.testing.assert_allclose(float(jnp.mean(gmm.log_prob(params, X))), sk.score(X), rtol=rtol)
+    np.testing.assert_allclose(info.lower_bound, sk.lower_bound_, rtol=rtol)
+    # Parameters agree to 1e-7 relative to their scale (max norm). Entry-wise relative error
+    # is not meaningful for near-zero entries: breast_cancer's covariances have condition
+    # number ~1e5, so handing scikit-learn precisions = inv(cov) already perturbs its start at
+    # kappa * eps ~ 1e-11, which 25 EM steps amplify on the smallest entries.
+    for ours, theirs in [(params.weights, sk.weights_), (params.means, sk.means_), (params.covs, sk.covariances_)]:
+        np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=rtol * np.abs(theirs).max())
+    # Responsibilities of boundary points amplify the same ~1e-9 parameter differences.
+    np.testing.assert_allclose(gmm.predict_proba(params, X), sk.predict_proba(X), atol=1e-6)
+    np.testing.assert_allclose(float(gmm.bic(params, X)), sk.bic(X), rtol=rtol)
+    np.testing.assert_allclose(float(gmm.aic(params, X)), sk.aic(X), rtol=rtol)
+
+
+def test_log_prob_against_reference(x64, rng):
+    params = gmm.GMMParams(jnp.array([0.3, 0.7]), jnp.asarray(rng.normal(size=(2, 3))),
+                           jnp.asarray(np.stack([np.eye(3) * 0.5 + 0.1, np.eye(3) * 2.0])), "full")
+    x = rng.normal(size=(20, 3)) * 2 + 5.0  # far from the origin: exercises the centring
+    comps = np.stack([np.log(w) + reference.gaussian_log_pdf(x, m, c)
+                      for w, m, c in zip(np.asarray(params.weights), np.asarray(params.means), np.asarray(params.covs))], 1)
+    np.testing.assert_allclose(gmm.log_prob_components(params, x), comps, rtol=1e-12)
+    np.testing.assert_allclose(gmm.log_prob(params, x), np.logaddexp(comps[:, 0], comps[:, 1]), rtol=1e-12)
+
+
+def test_float32_with_offset_data_does_not_cancel(rng):
+    # Data centred at 1e4 with unit spread: naive second moments would lose every digit.
+    x = (1e4 + rng.normal(size=(4000, 2)) * np.array([1.0, 0.5])).astype(np.float32)
+    params, info = gmm.fit(jax.random.key(0), x, 1, max_iter=5)
+    np.testing.assert_allclose(params.covs[0], np.cov(x.astype(np.float64).T, bias=True), rtol=1e-3, atol=1e-3)
+    want = reference.gaussian_log_pdf(x, x.astype(np.float64).mean(0), np.cov(x.astype(np.float64).T, bias=True))
+    np.testing.assert_allclose(float(jnp.mean(gmm.log_prob(params, x))), want.mean(), rtol=1e-4)
+
+
+@pytest.mark.parametrize("covariance_type", gmm.COVARIANCE_TYPES)
+def test_log_likelihood_is_monotone_and_warm_start_continues(x64, covariance_type):
+    X = _standardised("wine")
+    params, info = gmm.fit(jax.random.key(3), X, 4, covariance_type=covariance_type, max_iter=40, tol=0.0,
+                           init="random")
+    assert np.all(np.diff(info.log_likelihood) >= -1e-12)
+    # 20 + 20 iterations equal 40 iterations
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gmm.ConvergenceWarning)
+        first, info1 = gmm.fit(jax.random.key(3), X, 4, covariance_type=covariance_type, max_iter=20, tol=0.0,
+                               init="random")
+        second, info2 = gmm.fit(jax.random.key(9), X, 4, covariance_type=covariance_type, max_iter=20, tol=0.0,
+                                init=first)
+    np.testing.assert_allclose(np.concatenate([info1.log_likelihood, info2.log_likelihood]), info.log_likelihood,
+                               rtol=1e-12)
+    for a, b in zip(jax.tree_util.tree_leaves(second), jax.tree_util.tree_leaves(params)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_convergence_rule_and_warning():
+    X = _standardised("iris")
+    with pytest.warns(gmm.ConvergenceWarning, match="did not converge"):
+        _, info = gmm.fit(jax.random.key(0), X, 3, max_iter=2, tol=1e-12)
+    assert info.n_iter == 2 and not info.converged
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, info = gmm.fit(jax.random.key(0), X, 3, max_iter=500, tol=1e-3)
+    assert info.converged and info.n_iter < 500
+    ll = info.log_likelihood
+    assert abs(ll[-1] - ll[-2]) < 1e-3 and abs(ll[-2] - ll[-3]) >= 1e-3
+
+
+def test_n_init_keeps_best_restart():
+    X = _standardised("wine")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gmm.ConvergenceWarning)
+        _, info = gmm.fit(jax.random.key(0), X, 5, n_init=6, init="random", max_iter=30)
+    assert info.restart_lower_bounds.shape == (6,)
+    assert info.lower_bound == info.restart_lower_bounds.max()
+    assert len(set(np.round(info.restart_lower_bounds, 6))) > 1  # restarts really differ
+
+
+@pytest.mark.parametrize("init", ["kmeans++", "random", "random_from_data"])
+def test_init_methods_give_valid_parameters(init):
+    X = jnp.asarray(_standardised("iris"), jnp.float32)
+    for ct in gmm.COVARIANCE_TYPES:
+        params = gmm.initialize(jax.random.key(0), X, 3, ct, init)
+        gmm.validate_params(params, 4)
+
+
+def test_kmeans_plus_plus_finds_separated_clusters():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [20.0, 0.0], [0.0, 20.0], [20.0, 20.0]])
+    X = np.concatenate([c + rng.normal(size=(100, 2)) for c in centres]).astype(np.float32)
+    params, _ = gmm.fit(jax.random.key(1), X, 4)
+    found = np.sort(np.round(np.asarray(params.means) / 20).astype(int), axis=0)
+    np.testing.assert_array_equal(found, np.sort(np.round(centres / 20).astype(int), axis=0))
+
+
+def test_elbo_identity_and_q_function(x64):
+    X = jnp.asarray(_standardised("iris"))
+    params, _ = gmm.fit(jax.random.key(0), X, 3, max_iter=3, tol=0.0) if False else (
+        gmm.initialize(jax.random.key(0), X, 3, "full", "random"), None)
+    loglik = float(jnp.mean(gmm.log_prob(params, X)))
+    posterior = gmm.responsibilities(params, X)
+    # At the posterior the bound is tight (Eq. (3.65)-(3.66)).
+    np.testing.assert_allclose(float(gmm.elbo(params, posterior, X)), loglik, rtol=1e-12)
+    # For any other r: log p = ELBO(r) + KL(r || posterior), KL > 0.
+    rng = np.random.default_rng(0)
+    r = rng.dirichlet(np.ones(3), size=X.shape[0])
+    kl = np.mean(np.sum(r * (np.log(r) - np.log(np.asarray(posterior))), axis=1))
+    assert kl > 0
+    np.testing.assert_allclose(float(gmm.elbo(params, r, X)) + kl, loglik, rtol=1e-12)
+    # Q(theta, theta_old) = ELBO(r_old, theta) + H(r_old); the M-step maximises Q.
+    new, _ = gmm.em_step(params, X, reg_covar=0.0)
+    entropy = -np.mean(np.sum(np.asarray(posterior) * np.log(np.asarray(posterior)), axis=1))
+    np.testing.assert_allclose(float(gmm.q_function(new, params, X)),
+                               float(gmm.elbo(new, posterior, X)) - entropy, rtol=1e-12)
+    assert float(gmm.q_function(new, params, X)) >= float(gmm.q_function(params, params, X))
+    for scale in (0.9, 1.1):
+        moved = new._replace(covs=new.covs * scale)
+        assert float(gmm.q_function(moved, params, X)) < float(gmm.q_function(new, params, X))
+
+
+def test_e_step_m_step_equal_em_step(x64):
+    X = jnp.asarray(_standardised("wine"))
+    params = gmm.initialize(jax.random.key(0), X, 3, "diag", "kmeans++")
+    stats, ll = gmm.e_step(params, X)
+    a = gmm.m_step(stats, X, "diag")
+    b, ll2 = gmm.em_step(params, X)
+    assert float(ll) == float(ll2)
+    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(u, v, rtol=1e-14)
+
+
+def test_sample_reproduces_moments():
+    params = gmm.GMMParams(jnp.array([0.2, 0.8]), jnp.array([[-3.0, 0.0], [2.0, 1.0]]),
+                           jnp.array([[[1.0, 0.5], [0.5, 1.0]], [[0.3, 0.0], [0.0, 2.0]]]), "full")
+    num = 200_000
+    x, comps = gmm.sample(jax.random.key(0), params, num)
+    x, comps = np.asarray(x), np.asarray(comps)
+    assert abs(comps.mean() - 0.8) < 5 * np.sqrt(0.16 / num)
+    for k in range(2):
+        xs = x[comps == k]
+        se = np.sqrt(np.diag(np.asarray(params.covs[k])) / len(xs))
+        np.testing.assert_array_less(np.abs(xs.mean(0) - np.asarray(params.means[k])), 5 * se)
+        np.testing.assert_allclose(np.cov(xs.T), params.covs[k], atol=0.03)
+    for ct, covs in [("diag", jnp.array([[1.0, 4.0], [0.25, 1.0]])), ("spherical", jnp.array([1.0, 4.0])),
+                     ("tied", jnp.array([[2.0, 0.3], [0.3, 1.0]]))]:
+        p = gmm.GMMParams(params.weights, params.means, covs, ct)
+        xs, cs = gmm.sample(jax.random.key(1), p, 50_000)
+        sel = np.asarray(xs)[np.asarray(cs) == 1]
+        want = {"diag": np.diag([0.25, 1.0]), "spherical": np.eye(2) * 4.0, "tied": np.asarray(covs)}[ct]
+        np.testing.assert_allclose(np.cov(sel.T), want, atol=0.06 * np.abs(want).max())
+
+
+def test_sample_weight_equals_repeated_rows(x64):
+    X = _standardised("iris")
+    counts = np.random.default_rng(0).integers(1, 4, size=X.shape[0])
+    start = gmm.initialize(jax.random.key(0), jnp.asarray(X), 3, "full", "kmeans++")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gmm.ConvergenceWarning)
+        a, info_a = gmm.fit(jax.random.key(0), X, 3, init=start, sample_weight=counts.astype(float), max_iter=10,
+                            tol=0)
+        b, info_b = gmm.fit(jax.random.key(0), np.repeat(X, counts, axis=0), 3, init=start, max_iter=10, tol=0)
+    np.testing.assert_allclose(info_a.log_likelihood, info_b.log_likelihood, rtol=1e-10)
+    np.testing.assert_allclose(a.covs, b.covs, rtol=1e-9)
+
+
+def test_vmap_over_datasets_and_compile_once():
+    rng = np.random.default_rng(0)
+    xs = jnp.asarray(rng.normal(size=(4, 300, 2)) + rng.normal(size=(4, 1, 2)) * 3, jnp.float32)
+    starts = jax.vmap(lambda k, x: gmm.initialize(k, x, 2, "full", "kmeans++"))(jax.random.split(jax.random.key(0), 4),
+                                                                              xs)
+    fitted, hist, n_iter, _ = jax.jit(jax.vmap(lambda p, x: gmm.em(p, x, max_iter=20, tol=1e-4)))(starts, xs)
+    assert fitted.means.shape == (4, 2, 2) and hist.shape == (4, 20)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(params, x):
+        return gmm.em_step(params, x)
+
+    p = jax.tree_util.tree_map(lambda a: a[0], starts)
+    for i in range(3):
+        p, _ = step(p, xs[i])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_collapsed_component_with_zero_reg_covar_names_reg_covar(dtype, x64):
+    X = np.concatenate([np.random.default_rng(0).normal(size=(50, 2)), np.ones((3, 2)) * 10.0]).astype(dtype)
+    with pytest.raises(ValueError, match="reg_covar"):
+        gmm.fit(jax.random.key(0), X, 2, init=gmm.GMMParams(jnp.array([0.5, 0.5]), jnp.array([[0.0, 0.0], [10.0, 10.0]]),
+                                                            jnp.stack([jnp.eye(2), jnp.eye(2)]), "full"),
+                reg_covar=0.0, max_iter=5)
+    # with the default reg_covar the same fit is fine
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gmm.ConvergenceWarning)
+        params, _ = gmm.fit(jax.random.key(0), X, 2, max_iter=5)
+    assert np.all(np.isfinite(np.asarray(params.covs)))
+
+
+def test_bad_inputs():
+    X = np.random.default_rng(0).normal(size=(10, 2))
+    with pytest.raises(ValueError, match="n_samples = 10 must be at least n_components = 11"):
+        gmm.fit(jax.random.key(0), X, 11)
+    with pytest.raises(ValueError, match="x contains 1 NaN"):
+        gmm.fit(jax.random.key(0), np.where(np.arange(20).reshape(10, 2) == 3, np.nan, X), 2)
+    with pytest.raises(ValueError, match="x must be a data matrix"):
+        gmm.fit(jax.random.key(0), X[:, 0], 2)
+    with pytest.raises(ValueError, match="tol must be"):
+        gmm.fit(jax.random.key(0), X, 2, tol=-1.0)
+    with pytest.raises(ValueError, match="max_iter must be a positive integer"):
+        gmm.fit(jax.random.key(0), X, 2, max_iter=0)
+    with pytest.raises(ValueError, match="covariance_type must be"):
+        gmm.fit(jax.random.key(0), X, 2, covariance_type="banded")
+    with pytest.raises(ValueError, match="init must be"):
+        gmm.fit(jax.random.key(0), X, 2, init="kmeans")
+    bad = gmm.GMMParams(jnp.array([0.5, 0.5]), jnp.zeros((2, 2)), jnp.ones((2, 2)), "full")
+    with pytest.raises(ValueError, match=r"init.covs must have shape \(2, 2, 2\)"):
+        gmm.fit(jax.random.key(0), X, 2, init=bad)
+    with pytest.raises(ValueError, match="weights must be non-negative and sum to 1"):
+        gmm.log_prob(gmm.GMMParams(jnp.array([0.5, 0.6]), jnp.zeros((2, 2)), jnp.ones((2, 2)), "diag"), X)
+    with pytest.raises(ValueError, match="positive definite"):
+        gmm.log_prob(gmm.GMMParams(jnp.array([0.5, 0.5]), jnp.zeros((2, 2)), jnp.array([1.0, -1.0]), "spherical"), X)
+    with pytest.raises(ValueError, match="sample_weight must have shape"):
+        gmm.fit(jax.random.key(0), X, 2, sample_weight=np.ones(3))
+    with pytest.raises(ValueError, match="n_init must be 1 when init is a GMMParams"):
+        gmm.fit(jax.random.key(0), X, 2, n_init=2, init=gmm.initialize(jax.random.key(0), jnp.asarray(X), 2))
