@@ -1,0 +1,238 @@
+"""+-1 RBMs against brute force over both layers."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxebm import rbm
+from jaxebm.rbm import RBMParams
+from tests import reference
+
+
+def brute(W, b, c):
+    """float64 brute force over both layers: (log Z, <x>, <z>, <x z^T>, log p(x) for all x)."""
+    W, b, c = (np.asarray(a, np.float64) for a in (W, b, c))
+    X, Z = reference.all_states(W.shape[0]), reference.all_states(W.shape[1])
+    lw = X @ W @ Z.T + (X @ b)[:, None] + (Z @ c)[None, :]
+    log_z = reference.logsumexp(lw.ravel())
+    P = np.exp(lw - log_z)
+    log_px = np.array([reference.logsumexp(row) for row in lw]) - log_z
+    return log_z, P.sum(1) @ X, P.sum(0) @ Z, X.T @ P @ Z, log_px
+
+
+def _params(rng, nv, nh, scale=0.7, dtype=jnp.float32):
+    return RBMParams(*(jnp.asarray(a, dtype) for a in (rng.normal(size=(nv, nh)) * scale, rng.normal(size=nv) * 0.4,
+                                                      rng.normal(size=nh) * 0.4)))
+
+
+@pytest.mark.parametrize("nv,nh", [(1, 1), (4, 3), (3, 5), (9, 9), (12, 10), (10, 13)])
+def test_log_z_moments_and_gradient_float32(rng, nv, nh):
+    params = _params(rng, nv, nh)
+    log_z, mx, mz, xz, log_px = brute(*params)
+    assert abs(float(rbm.log_partition(params)) - log_z) <= 2e-6 * abs(log_z)
+    got_x, got_z, got_xz = rbm.moments(params)
+    np.testing.assert_allclose(got_x, mx, atol=2e-6)
+    np.testing.assert_allclose(got_z, mz, atol=2e-6)
+    np.testing.assert_allclose(got_xz, xz, atol=2e-6)
+    g = jax.grad(rbm.log_partition)(params)
+    np.testing.assert_allclose(g.W, xz, atol=2e-6)
+    np.testing.assert_allclose(g.b, mx, atol=2e-6)
+    np.testing.assert_allclose(g.c, mz, atol=2e-6)
+    if nv <= 10:
+        X = reference.all_states(nv)
+        # log p = log w - log Z: float32 error scales with the magnitudes of both terms
+        scale = np.abs(log_px + log_z) + abs(log_z)
+        np.testing.assert_array_less(np.abs(np.asarray(rbm.log_prob(params, X)) - log_px), 2e-6 * scale)
+
+
+@pytest.mark.parametrize("nv,nh", [(5, 4), (4, 11)])
+def test_float64(x64, rng, nv, nh):
+    params = _params(rng, nv, nh, dtype=jnp.float64)
+    log_z, mx, mz, xz, _ = brute(*params)
+    assert rbm.log_partition(params).dtype == jnp.float64
+    np.testing.assert_allclose(float(rbm.log_partition(params)), log_z, rtol=1e-12)
+    for got, want in zip(rbm.moments(params), (mx, mz, xz)):
+        np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+def test_marginals_and_energy_match_brute_force(x64, rng):
+    params = _params(rng, 4, 3, dtype=jnp.float64)
+    X, Z = reference.all_states(4), reference.all_states(3)
+    W, b, c = (np.asarray(a) for a in params)
+    joint = X @ W @ Z.T + (X @ b)[:, None] + (Z @ c)[None, :]
+    np.testing.assert_allclose(rbm.visible_log_weight(params, X), np.log(np.exp(joint).sum(1)), rtol=1e-12)
+    np.testing.assert_allclose(rbm.hidden_log_weight(params, Z), np.log(np.exp(joint).sum(0)), rtol=1e-12)
+    np.testing.assert_allclose(rbm.energy(params, X[:, None, :], Z[None, :, :]), -joint, rtol=1e-12)
+    np.testing.assert_allclose(rbm.log2cosh(np.array([-800.0, 0.0, 3.0])),
+                               [800.0, np.log(2.0), np.log(2 * np.cosh(3.0))], rtol=1e-12)
+
+
+def test_exact_grad_equals_autodiff_of_brute_force(x64, rng):
+    params = _params(rng, 5, 4, dtype=jnp.float64)
+    data = reference.all_states(5)[[0, 3, 3, 9, 17, 30]]
+    X, Z = jnp.asarray(reference.all_states(5)), jnp.asarray(reference.all_states(4))
+
+    def brute_nll(p):
+        lw = X @ p.W @ Z.T + (X @ p.b)[:, None] + (Z @ p.c)[None, :]
+        lx = jax.nn.logsumexp(lw, axis=1) - jax.nn.logsumexp(lw)
+        codes = (data > 0).astype(int) @ (2 ** np.arange(5))
+        return -jnp.mean(lx[codes])
+
+    want = jax.grad(brute_nll)(params)
+    got = rbm.exact_grad(params, data)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, atol=1e-12)
+
+
+def test_conditional_means_against_monte_carlo(rng):
+    params = _params(rng, 6, 4)
+    x = jnp.asarray(reference.all_states(6)[[5, 40]])
+    num = 100_000
+    keys = jax.random.split(jax.random.key(0), num)
+    zs = jax.vmap(lambda k: rbm.sample_hidden(k, params, x))(keys)  # (num, 2, 4)
+    mean = np.asarray(rbm.hidden_mean(params, x))
+    np.testing.assert_array_less(np.abs(np.asarray(zs).mean(0) - mean), 5 * np.sqrt((1 - mean**2) / num) + 1e-9)
+    z = jnp.asarray(reference.all_states(4)[[2, 11]])
+    xs = jax.vmap(lambda k: rbm.sample_visible(k, params, z))(keys)
+    vmean = np.asarray(rbm.visible_mean(params, z))
+    np.testing.assert_array_less(np.abs(np.asarray(xs).mean(0) - vmean), 5 * np.sqrt((1 - vmean**2) / num) + 1e-9)
+
+
+def test_block_gibbs_reaches_the_exact_distribution():
+    rng = np.random.default_rng(3)
+    params = _params(rng, 4, 3, scale=0.8)
+    *_, log_px = brute(*params)
+    p = np.exp(log_px)
+    # |W| up to ~2.4 makes some conditionals nearly deterministic: mixing between modes needs
+    # a few hundred sweeps (30 are visibly not enough).
+    chains, steps = 20_000, 300
+    start = jnp.asarray(np.where(rng.random((chains, 4)) < 0.5, 1.0, -1.0), jnp.float32)
+
+    def run(key, x):
+        def body(x, k):
+            return rbm.gibbs_step(k, params, x)[0], None
+
+        return jax.lax.scan(body, x, jax.random.split(key, steps))[0]
+
+    final = np.asarray(jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(1), chains), start))
+    codes = (final > 0).astype(int) @ (2 ** np.arange(4))
+    freq = np.bincount(codes, minlength=16) / chains
+    tv = 0.5 * np.abs(freq - p).sum()
+    # E[TV] of an exact sample of size N is about sum_x sqrt(p(1-p) / (2 pi N)); allow 3x that.
+    expected = np.sum(np.sqrt(p * (1 - p) / (2 * np.pi * chains)))
+    assert tv < 3 * expected, (tv, expected)
+
+
+def test_pcd_with_long_chains_approaches_the_exact_gradient(rng):
+    params = _params(rng, 6, 4, scale=0.5)
+    data = jnp.asarray(reference.all_states(6)[rng.integers(0, 64, 300)])
+    exact = rbm.exact_grad(params, data)
+    chains = jnp.asarray(np.where(rng.random((20_000, 6)) < 0.5, 1.0, -1.0), jnp.float32)
+    _, chains = jax.jit(lambda k, c: rbm.pcd_grad(k, params, data, c, k=50))(jax.random.key(0), chains)
+    grads, _ = jax.jit(lambda k, c: rbm.pcd_grad(k, params, data, c, k=5))(jax.random.key(1), chains)
+    for a, b in zip(grads, exact):
+        np.testing.assert_allclose(a, b, atol=0.02)  # ~4 standard errors at 20k chains
+    cd = rbm.cd_grad(jax.random.key(2), params, data, k=1)
+    assert jax.tree_util.tree_structure(cd) == jax.tree_util.tree_structure(exact)
+
+
+def test_elbo_identity_and_gem_monotone(rng, x64):
+    params = _params(rng, 6, 4, scale=0.3, dtype=jnp.float64)
+    data = jnp.asarray(reference.all_states(6)[rng.integers(0, 64, 200)])
+    loglik = -float(rbm.nll(params, data))
+    posterior = rbm.hidden_mean(params, data)
+    np.testing.assert_allclose(float(rbm.elbo(params, posterior, data)), loglik, rtol=1e-12)
+    other = jnp.asarray(np.tanh(rng.normal(size=posterior.shape)))
+    assert float(rbm.elbo(params, other, data)) < loglik
+    # Q(theta_old, theta_old) = loglik - H(r)
+    start = rbm.init(jax.random.key(0), 6, 4, scale=0.1, dtype=jnp.float64)
+    _, history = jax.jit(lambda p: rbm.gem_fit(p, data, num_outer=30, num_inner=3))(start)
+    history = np.asarray(history)
+    assert np.all(np.diff(history) <= 1e-12), np.diff(history).max()
+    assert history[-1] < history[0]
+
+
+def test_from_binary_round_trip_and_likelihoods(rng, x64):
+    nv, nh = 5, 3
+    W, b, c = rng.normal(size=(nv, nh)), rng.normal(size=nv), rng.normal(size=nh)
+    params, shift = rbm.from_binary(W, b, c)
+    for a, want in zip(rbm.to_binary(params), (W, b, c)):
+        np.testing.assert_allclose(a, want, rtol=1e-12)
+    V, H = (reference.all_states(nv) + 1) / 2, (reference.all_states(nh) + 1) / 2
+    lw = V @ W @ H.T + (V @ b)[:, None] + (H @ c)[None, :]
+    log_z01 = reference.logsumexp(lw.ravel())
+    np.testing.assert_allclose(float(rbm.log_partition(params)) + float(shift), log_z01, rtol=1e-12)
+    log_p01 = np.array([reference.logsumexp(row) for row in lw]) - log_z01
+    np.testing.assert_allclose(rbm.log_prob(params, 2 * V - 1), log_p01, atol=1e-12)
+
+
+def test_scores_a_scikit_learn_bernoulli_rbm_exactly(x64):
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import BernoulliRBM
+
+    V = (load_digits().data[:400] > 7).astype(np.float64)
+    sk = BernoulliRBM(n_components=8, n_iter=5, learning_rate=0.05, random_state=0).fit(V)
+    W, b, c = sk.components_.T, sk.intercept_visible_, sk.intercept_hidden_
+    params, shift = rbm.from_binary(W, b, c)
+    # direct {0,1} brute force over the hidden layer
+    H = (reference.all_states(8) + 1) / 2
+    log_unnorm = V @ b + np.logaddexp(0, V @ W + c).sum(1)  # sum over h analytically
+    log_z01 = reference.logsumexp(H @ c + np.logaddexp(0, H @ W.T + b).sum(1))
+    want = log_unnorm - log_z01
+    np.testing.assert_allclose(rbm.log_prob(params, 2 * V - 1), want, rtol=1e-11)
+    # scikit-learn's own free energy agrees up to the constant log Z
+    np.testing.assert_allclose(-sk._free_energy(V) - log_z01, want, rtol=1e-10)
+
+
+def test_gibbs_step_compiles_once_and_vmaps():
+    params = rbm.init(jax.random.key(0), 8, 5, scale=0.5)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def sweep(keys, x):
+        return jax.vmap(lambda k, xi: rbm.gibbs_step(k, params, xi))(keys, x)
+
+    x = jnp.ones((16, 8))
+    for i in range(3):
+        x, z = sweep(jax.random.split(jax.random.key(i), 16), x)
+    assert set(np.unique(np.asarray(x))) <= {-1.0, 1.0} and z.shape == (16, 5)
+
+
+def test_optax_training_with_exact_gradient(rng):
+    # four patterns: far from uniform, so the exact nll has room to fall
+    data = jnp.asarray(reference.all_states(6)[rng.choice([0, 63, 21, 42], 200)])
+    params = rbm.init(jax.random.key(0), 6, 3, scale=0.1)
+    opt = optax.adam(0.05)
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state):
+        loss, g = jax.value_and_grad(rbm.nll)(params, data)
+        updates, state = opt.update(g, state)
+        return optax.apply_updates(params, updates), state, loss
+
+    losses = []
+    for _ in range(30):
+        params, state, loss = step(params, state)
+        losses.append(float(loss))
+    assert losses[-1] < losses[0] - 0.05
+
+
+def test_bad_inputs():
+    params = rbm.init(jax.random.key(0), 4, 3)
+    with pytest.raises(ValueError, match="params.b must have shape"):
+        rbm.log_partition(params._replace(b=jnp.zeros(5)))
+    with pytest.raises(ValueError, match="data must hold spins"):
+        rbm.nll(params, np.array([[0.0, 1.0, 1.0, 1.0]]))
+    with pytest.raises(ValueError, match="data must have 4 units"):
+        rbm.nll(params, np.ones((2, 5)))
+    with pytest.raises(ValueError, match="params.W contains 1 NaN"):
+        rbm.log_partition(params._replace(W=params.W.at[0, 0].set(jnp.nan)))
+    big = rbm.init(jax.random.key(0), 784, 48)
+    with pytest.raises(ValueError, match=r"2\^48 = .* states, each summing 784 units, estimated at"):
+        rbm.log_partition(big)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        rbm.cd_grad(jax.random.key(0), params, jnp.ones((2, 4)), k=0)
