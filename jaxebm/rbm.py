@@ -307,7 +307,8 @@ def log_partition(params: RBMParams, *, max_seconds: float | None = None) -> Arr
 
     (or the same over :math:`x` when the visible layer is smaller). Streamed in chunks; the
     enumerated layer is split into a precomputed inner table and outer chunks so each state
-    costs one add per unit of the other layer plus one stable ``log2cosh``. Matmuls at ``Precision.HIGHEST``. Differentiable: the custom JVP gives the
+    costs one add per unit of the other layer plus one stable ``log2cosh``. Matmuls at
+    ``Precision.HIGHEST``. Differentiable: the custom JVP gives the
     exact :math:`\langle x z^\top\rangle, \langle x\rangle, \langle z\rangle` from one pass.
     Refuses (ValueError with state count and estimated time) too large a smaller layer.
     """
