@@ -25,6 +25,8 @@ CHAPTERS = (
     "experiments.ch2_learning_rate",
     "experiments.ch3_gmm_em",
     "experiments.bench_gmm",
+    "experiments.ch4_rbm",
+    "experiments.bench_rbm",
 )
 
 

@@ -455,28 +455,47 @@ def gem_fit(params: RBMParams, data: ArrayLike, num_outer: int, num_inner: int =
     ``num_inner`` optax steps increasing :math:`Q(\cdot, \theta_{old})` (exact model moments),
     repeat ``num_outer`` times.
 
-    With the default optimiser ``optax.sgd(1/L)`` (:func:`smoothness_bound`) each inner step
-    provably increases Q, so the exact log-likelihood never decreases (the EM argument:
-    :math:`\log p(\theta) - \log p(\theta_{old}) \ge Q(\theta) - Q(\theta_{old})`).
+    Each inner step is *safeguarded*: it is accepted only if the exact Q increases (else the
+    parameters stay, and the optimiser state moves on). Since
+    :math:`\log p(\theta) - \log p(\theta_{old}) \ge Q(\theta) - Q(\theta_{old})`, the exact
+    log-likelihood never decreases, whatever the optimiser. With the default
+    ``optax.sgd(1/L)`` (:func:`smoothness_bound`) every step is provably accepted; the
+    local rule :func:`jaxebm.curvature.hessian_bounded_sgd` (which receives ``value_fn = -Q``)
+    takes much larger steps, since :math:`-Q` is convex. An optimiser with momentum (Adam) can
+    stall here: a rejected step leaves the parameters, so the same direction is proposed again.
 
     Returns:
       ``(params, nll_history)`` with the exact nll before each outer step and at the end,
       ``(num_outer + 1,)``. One ``lax.scan``; jit at the call site.
     """
-    from jaxebm import optim
-
     data = jnp.asarray(data)
     nv, nh = np.shape(params.W)
     if optimizer is None:
         optimizer = optax.sgd(1.0 / smoothness_bound(nv, nh))
+    optimizer = optax.with_extra_args_support(optimizer)
+    opt_state = optimizer.init(params)
 
-    def outer(params, _):
+    def outer(carry, _):
+        params, opt_state = carry
         value = nll(params, data)
         old = params
-        params, _, _ = optim.run(optimizer, lambda p: -q_function(p, old, data), params, num_inner)
-        return params, value
 
-    params, history = lax.scan(outer, params, None, length=int(num_outer))
+        def neg_q(p):
+            return -q_function(p, old, data)
+
+        def inner(carry, _):
+            params, opt_state = carry
+            loss, grads = jax.value_and_grad(neg_q)(params)
+            updates, opt_state = optimizer.update(grads, opt_state, params, value=loss, grad=grads, value_fn=neg_q)
+            candidate = optax.apply_updates(params, updates)
+            accept = neg_q(candidate) <= loss
+            params = jax.tree_util.tree_map(lambda c, p: jnp.where(accept, c, p), candidate, params)
+            return (params, opt_state), accept
+
+        (params, opt_state), _ = lax.scan(inner, (params, opt_state), None, length=int(num_inner))
+        return (params, opt_state), value
+
+    (params, _), history = lax.scan(outer, (params, opt_state), None, length=int(num_outer))
     return params, jnp.concatenate([history, nll(params, data)[None]])
 
 

@@ -1,0 +1,106 @@
+"""Benchmark: exact RBM log Z and block-Gibbs throughput, with scikit-learn's BernoulliRBM
+Gibbs sampler in the same run.
+
+* exact log Z: 64x24 and 784x20 (and, with --large, 784x28 / 784x32 on a GPU);
+* block Gibbs 784x500 with 1000 chains: spin flips/s counted as (n_visible + n_hidden)
+  updated units per chain per sweep, at HIGHEST and DEFAULT matmul precision;
+* scikit-learn BernoulliRBM.gibbs on the same shapes.
+
+    python -m experiments.bench_rbm [--smoke] [--large] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from experiments import common
+from jaxebm import rbm
+
+NAME = "bench_rbm"
+TITLE = "Benchmark: exact RBM log Z and block-Gibbs throughput"
+
+
+def gibbs_throughput(nv, nh, chains, sweeps, precision, repeats):
+    params = rbm.init(jax.random.key(0), nv, nh, scale=0.05)
+
+    @jax.jit
+    def run(key, x):
+        def body(x, k):
+            return rbm.gibbs_step(k, params, x, precision=precision)[0], None
+
+        return lax.scan(body, x, jax.random.split(key, sweeps))[0]
+
+    x0 = jnp.where(jax.random.uniform(jax.random.key(1), (chains, nv)) < 0.5, 1.0, -1.0)
+    _, seconds = common.timed(lambda: run(jax.random.key(2), x0), repeats)
+    return chains * sweeps * (nv + nh) / seconds, seconds
+
+
+def sklearn_gibbs(nv, nh, chains, sweeps, repeats):
+    from sklearn.neural_network import BernoulliRBM
+
+    sk = BernoulliRBM(n_components=nh, random_state=0)
+    rng = np.random.default_rng(0)
+    sk.components_ = rng.normal(scale=0.05, size=(nh, nv))
+    sk.intercept_hidden_ = np.zeros(nh)
+    sk.intercept_visible_ = np.zeros(nv)
+    sk.random_state_ = np.random.RandomState(0)
+    v = (rng.random((chains, nv)) < 0.5).astype(np.float64)
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        w = v
+        for _ in range(sweeps):
+            w = sk.gibbs(w)
+        best = min(best, time.perf_counter() - start)
+    return chains * sweeps * (nv + nh) / best, best
+
+
+def run(out_dir: Path, *, smoke: bool = False, seed: int = 0, large: bool = False) -> dict:
+    repeats = 1 if smoke else 3
+    shapes = [(64, 12), (200, 14)] if smoke else [(64, 24), (784, 20)]
+    if large:
+        shapes += [(784, 28), (784, 32)]
+    rows, records = [], {"log_z": [], "gibbs": []}
+    for nv, nh in shapes:
+        params = rbm.init(jax.random.key(seed), nv, nh, scale=0.05)
+        fn = jax.jit(lambda p: rbm.log_partition(p, max_seconds=3600))
+        _, seconds = common.timed(lambda p=params: fn(p), repeats)
+        records["log_z"].append({"n_visible": nv, "n_hidden": nh, "seconds": seconds})
+        rows.append([f"exact log Z {nv}x{nh}", f"{seconds:.3f} s", ""])
+    nv, nh = (784, 500)
+    chains, sweeps = (100, 5) if smoke else (1000, 20)
+    for name, precision in [("HIGHEST", lax.Precision.HIGHEST), ("DEFAULT", lax.Precision.DEFAULT)]:
+        rate, seconds = gibbs_throughput(nv, nh, chains, sweeps, precision, repeats)
+        records["gibbs"].append({"impl": f"jaxebm ({name})", "flips_per_s": rate, "seconds": seconds,
+                                 "chains": chains, "sweeps": sweeps})
+        rows.append([f"block Gibbs {nv}x{nh}, {chains} chains, jaxebm precision={name}", f"{seconds:.3f} s",
+                     f"{rate:.3g} flips/s"])
+    rate, seconds = sklearn_gibbs(nv, nh, chains, sweeps, repeats)
+    records["gibbs"].append({"impl": "scikit-learn BernoulliRBM.gibbs (float64)", "flips_per_s": rate,
+                             "seconds": seconds, "chains": chains, "sweeps": sweeps})
+    rows.append([f"block Gibbs {nv}x{nh}, {chains} chains, scikit-learn", f"{seconds:.3f} s", f"{rate:.3g} flips/s"])
+    summary = (common.markdown_table(["what", "time", "throughput"], rows)
+               + f"\n\nBackend {jax.default_backend()} ({jax.devices()[0].device_kind}); flips = (n_visible + n_hidden)"
+               " units per chain per sweep.")
+    return common.write_results(out_dir, NAME, seed=seed, smoke=smoke, config={"shapes": shapes, "large": large},
+                                metrics=records, figures=[], summary=summary, title=TITLE)
+
+
+def main(argv=None):
+    parser = common.make_parser(NAME, TITLE)
+    parser.add_argument("--large", action="store_true", help="also 784x28 and 784x32 (GPU sizes)")
+    args = parser.parse_args(argv)
+    record = run(args.out, smoke=args.smoke, seed=args.seed, large=args.large)
+    print(record["summary"])
+    return record
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,74 @@
+"""The sampler interface (blackjax style) and the chain driver.
+
+A sampler is ``SamplingAlgorithm(init, step)``: ``init(position) -> state`` and
+``step(key, state) -> (state, info)``, both pure and not jitted (the caller jits). Chains are a
+``vmap`` over keys and states; steps are a ``lax.scan`` over split keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+from jax import lax
+
+from jaxebm.types import PRNGKey
+
+__all__ = ["SamplingAlgorithm", "run_chain"]
+
+
+class SamplingAlgorithm(NamedTuple):
+    """``init(position) -> state``; ``step(key, state) -> (state, info)``."""
+
+    init: Callable[..., Any]
+    step: Callable[[PRNGKey, Any], tuple[Any, Any]]
+
+
+def run_chain(key: PRNGKey, algorithm: SamplingAlgorithm, state, num_steps: int, thin: int = 1, *,
+              trace_fn: Callable[[Any, Any], Any] | None = None, num_chunks: int = 1, progress: bool = False):
+    """Runs ``num_steps`` steps of one chain as a ``lax.scan``, recording every ``thin``-th.
+
+    Args:
+      key: PRNG key.
+      algorithm: the sampler.
+      state: initial state (from ``algorithm.init``).
+      num_steps: number of steps; a multiple of ``thin * num_chunks``.
+      thin: record one of every ``thin`` steps.
+      trace_fn: ``(state, info) -> pytree`` to record (default: the state).
+      num_chunks: split the run into this many compiled chunks; with ``progress=True`` a line
+        is printed between chunks (never inside jit).
+      progress: print progress between chunks.
+
+    Returns:
+      ``(final_state, trace)`` with ``trace`` stacked over ``num_steps // thin`` records.
+      For many chains, ``jax.vmap`` this over keys and states.
+    """
+    if num_steps < 1 or thin < 1 or num_chunks < 1 or num_steps % (thin * num_chunks):
+        raise ValueError(f"num_steps ({num_steps}) must be a positive multiple of thin * num_chunks "
+                         f"({thin} * {num_chunks}).")
+    trace_fn = trace_fn or (lambda s, info: s)
+
+    def one_record(state, key):
+        def inner(state, key):
+            state, info = algorithm.step(key, state)
+            return state, info
+
+        state, infos = lax.scan(inner, state, jax.random.split(key, thin))
+        last_info = jax.tree_util.tree_map(lambda a: a[-1], infos)
+        return state, trace_fn(state, last_info)
+
+    per_chunk = num_steps // (thin * num_chunks)
+
+    def chunk(state, key):
+        return lax.scan(one_record, state, jax.random.split(key, per_chunk))
+
+    if num_chunks == 1:
+        return chunk(state, key)
+    traces = []
+    for i, k in enumerate(jax.random.split(key, num_chunks)):
+        state, trace = chunk(state, k)
+        traces.append(trace)
+        if progress:
+            print(f"  run_chain: chunk {i + 1}/{num_chunks} ({(i + 1) * num_steps // num_chunks} steps)", flush=True)
+    return state, jax.tree_util.tree_map(lambda *a: jax.numpy.concatenate(a), *traces)

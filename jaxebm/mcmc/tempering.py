@@ -1,0 +1,145 @@
+r"""Replica-exchange Monte Carlo (parallel tempering, chapter 6) as a meta-kernel.
+
+``replica_exchange(make_algorithm, betas)`` runs one replica per inverse temperature (a
+``vmap``), then proposes swaps between neighbouring temperatures, alternating even pairs
+(0,1), (2,3), ... and odd pairs (1,2), (3,4), ... With :math:`\log w` the untempered log
+weight, the swap of states at :math:`\beta_i, \beta_{i+1}` is accepted with probability
+
+.. math:: \min\Big(1, \exp\big((\beta_i - \beta_{i+1})(\log w(x_{i+1}) - \log w(x_i))\big)\Big),
+
+which keeps the product :math:`\prod_i p_{\beta_i}` invariant. States must not depend on beta
+and must carry ``log_weight`` (the log weight at beta = 1), as every jaxebm sampler state does.
+Walker labels follow the states, so round trips between the two ends can be counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxebm.mcmc.base import SamplingAlgorithm
+
+__all__ = ["ReplicaExchangeInfo", "ReplicaExchangeState", "adapt_ladder", "geometric_ladder", "replica_exchange",
+           "tune_ladder"]
+
+
+class ReplicaExchangeState(NamedTuple):
+    """Attributes:
+      states: inner states stacked over temperature slots (leading axis R).
+      walker: ``(R,)`` int32: the walker occupying each slot.
+      last_end: ``(R,)`` int32 per walker: 0 none yet, 1 last visited slot 0, 2 last visited slot R-1.
+      round_trips: ``(R,)`` int32 per walker: completed trips slot 0 -> R-1 -> 0.
+      count: int32 scalar: steps taken (its parity picks even or odd pairs).
+    """
+
+    states: Any
+    walker: jax.Array
+    last_end: jax.Array
+    round_trips: jax.Array
+    count: jax.Array
+
+
+class ReplicaExchangeInfo(NamedTuple):
+    swap_attempted: jax.Array  # (R-1,) bool: pairs proposed this step
+    swap_accepted: jax.Array  # (R-1,) bool
+    swap_probability: jax.Array  # (R-1,) acceptance probability of each pair (computed for all pairs)
+    inner: Any  # the inner kernels' infos, stacked over slots
+
+
+def geometric_ladder(beta_min: float, beta_max: float, num: int) -> jax.Array:
+    r"""``num`` inverse temperatures :math:`\beta_i = \beta_{\min}(\beta_{\max}/\beta_{\min})^{i/(num-1)}`."""
+    if not (0 < beta_min < beta_max) or num < 2:
+        raise ValueError(f"need 0 < beta_min < beta_max and num >= 2; got {beta_min}, {beta_max}, {num}.")
+    return jnp.asarray(beta_min * (beta_max / beta_min) ** (np.arange(num) / (num - 1)), jnp.float32)
+
+
+def _update_ends(walker, last_end, round_trips):
+    R = walker.shape[0]
+    bottom, top = walker[0], walker[R - 1]
+    completes = last_end[bottom] == 2
+    round_trips = round_trips.at[bottom].add(completes.astype(jnp.int32))
+    last_end = last_end.at[bottom].set(1).at[top].set(2)
+    return last_end, round_trips
+
+
+def replica_exchange(make_algorithm: Callable[[Any], SamplingAlgorithm], betas) -> SamplingAlgorithm:
+    """Meta-kernel: ``make_algorithm(beta)`` builds the sampler at one inverse temperature
+    (beta may be traced). ``init(positions)`` takes positions stacked over the R slots.
+
+    Returns:
+      ``SamplingAlgorithm`` over :class:`ReplicaExchangeState`, info
+      :class:`ReplicaExchangeInfo`.
+    """
+    betas = jnp.asarray(betas)
+    if betas.ndim != 1 or betas.shape[0] < 2:
+        raise ValueError(f"betas must be a vector of at least 2 inverse temperatures; got shape {betas.shape}.")
+    R = betas.shape[0]
+
+    def init(positions):
+        states = jax.vmap(lambda b, p: make_algorithm(b).init(p))(betas, positions)
+        walker = jnp.arange(R, dtype=jnp.int32)
+        last_end, trips = _update_ends(walker, jnp.zeros(R, jnp.int32), jnp.zeros(R, jnp.int32))
+        return ReplicaExchangeState(states, walker, last_end, trips, jnp.zeros((), jnp.int32))
+
+    def step(key, state):
+        k_inner, k_swap = jax.random.split(key)
+        states, infos = jax.vmap(lambda b, k, s: make_algorithm(b).step(k, s))(
+            betas, jax.random.split(k_inner, R), state.states)
+        lw = states.log_weight
+        log_prob = (betas[:-1] - betas[1:]) * (lw[1:] - lw[:-1])
+        attempted = (jnp.arange(R - 1) % 2) == (state.count % 2)
+        u = jax.random.uniform(k_swap, (R - 1,), lw.dtype)
+        accepted = attempted & (jnp.log(u) < log_prob)
+        acc = accepted.astype(jnp.int32)
+        # disjoint pairs: slot i takes i+1's state if pair i swaps, i+1 takes i's
+        perm = jnp.arange(R) + jnp.pad(acc, (0, 1)) - jnp.pad(acc, (1, 0))
+        states = jax.tree_util.tree_map(lambda a: a[perm], states)
+        walker = state.walker[perm]
+        last_end, trips = _update_ends(walker, state.last_end, state.round_trips)
+        info = ReplicaExchangeInfo(attempted, accepted, jnp.minimum(1.0, jnp.exp(log_prob)), infos)
+        return ReplicaExchangeState(states, walker, last_end, trips, state.count + 1), info
+
+    return SamplingAlgorithm(init, step)
+
+
+def adapt_ladder(betas, acceptance, damping: float = 0.5, floor: float = 1e-3) -> np.ndarray:
+    """Moves the interior inverse temperatures so that neighbouring swap rates become equal.
+
+    Each interval is weighted by its rejection mass ``max(1 - acceptance_i, floor)``; the new
+    ladder puts equal mass in every interval (inverting the piecewise-linear cumulative mass),
+    then moves a fraction ``damping`` of the way there. The end points stay fixed.
+    """
+    betas = np.asarray(betas, np.float64)
+    mass = np.maximum(1.0 - np.asarray(acceptance, np.float64), floor)
+    cumulative = np.concatenate([[0.0], np.cumsum(mass)])
+    targets = np.linspace(0.0, cumulative[-1], len(betas))
+    proposal = np.interp(targets, cumulative, betas)
+    new = (1 - damping) * betas + damping * proposal
+    new[0], new[-1] = betas[0], betas[-1]
+    return new
+
+
+def tune_ladder(key, make_algorithm, betas, positions, *, num_rounds: int = 10, steps_per_round: int = 200,
+                damping: float = 0.5):
+    """Adaptive ladder: alternates replica-exchange runs and :func:`adapt_ladder` until the
+    swap rates are equal. Returns ``(betas, acceptance_history (num_rounds, R-1), positions)``."""
+    from jaxebm.mcmc.base import run_chain
+
+    betas = np.asarray(betas, np.float64)
+    history = []
+    for k in jax.random.split(key, num_rounds):
+        algo = replica_exchange(make_algorithm, jnp.asarray(betas, jnp.float32))
+        state = algo.init(positions)
+        state, trace = jax.jit(lambda k, s, algo=algo: run_chain(k, algo, s, steps_per_round,
+                                                                   trace_fn=lambda s, i: (i.swap_accepted,
+                                                                                          i.swap_attempted)))(k, state)
+        accepted, attempted = (np.asarray(a) for a in trace)
+        acceptance = accepted.sum(0) / np.maximum(attempted.sum(0), 1)
+        history.append(acceptance)
+        betas = adapt_ladder(betas, acceptance, damping)
+        positions = state.states.x
+    return betas, np.array(history), positions
