@@ -58,12 +58,14 @@ def ais_log_partition(key, target, *, num_chains: int = 1000, num_temps: int = 1
     if isinstance(target, IsingParams):
         n = target.h.shape[0]
         make_algorithm = make_algorithm or (lambda b: heat_bath(target, b))
-        init_fn = init_fn or (lambda k: jnp.where(jax.random.bernoulli(k, 0.5, (n,)), 1.0, -1.0).astype(target.h.dtype))
+        init_fn = init_fn or (lambda k: jnp.where(jax.random.bernoulli(k, 0.5, (n,)), 1.0, -1.0)
+                              .astype(target.h.dtype))
         log_z0 = n * math.log(2.0) if log_z0 is None else log_z0
     elif isinstance(target, RBMParams):
         nv, nh = target.W.shape
         make_algorithm = make_algorithm or (lambda b: rbm_gibbs(target, b))
-        init_fn = init_fn or (lambda k: jnp.where(jax.random.bernoulli(k, 0.5, (nv,)), 1.0, -1.0).astype(target.W.dtype))
+        init_fn = init_fn or (lambda k: jnp.where(jax.random.bernoulli(k, 0.5, (nv,)), 1.0, -1.0)
+                              .astype(target.W.dtype))
         # at beta = 0 block Gibbs draws z uniformly too: Z0 counts both layers
         log_z0 = (nv + nh) * math.log(2.0) if log_z0 is None else log_z0
     elif make_algorithm is None or init_fn is None or log_z0 is None:

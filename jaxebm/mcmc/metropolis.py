@@ -64,9 +64,10 @@ def single_site_sweep(key, params: IsingParams, x, beta, rule: str, block_size: 
         stop = min(n, start + block_size)
         J_bb = J[start:stop, start:stop]
 
-        def flip(carry, i, J_bb=J_bb):
+        def flip(carry, inputs, J_bb=J_bb):
             xb, fb, count = carry
-            xi, fi, ui = xb[i], fb[i], u_blk[i]
+            i, ui = inputs
+            xi, fi = xb[i], fb[i]
             if rule == "metropolis":
                 new = jnp.where(jnp.log(ui) < beta * (-2.0 * xi * fi), -xi, xi)
             else:
@@ -74,9 +75,8 @@ def single_site_sweep(key, params: IsingParams, x, beta, rule: str, block_size: 
             d = new - xi
             return (xb.at[i].set(new), fb + d * J_bb[:, i], count + (d != 0)), None
 
-        u_blk = u[start:stop]
         xb0 = x[start:stop]
-        (xb, _, flips), _ = lax.scan(flip, (xb0, field[start:stop], flips), jnp.arange(stop - start))
+        (xb, _, flips), _ = lax.scan(flip, (xb0, field[start:stop], flips), (jnp.arange(stop - start), u[start:stop]))
         field = field + jnp.dot(xb - xb0, J[start:stop, :], precision=HIGHEST)
         x = x.at[start:stop].set(xb)
     return x, field, flips
