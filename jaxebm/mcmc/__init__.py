@@ -5,6 +5,7 @@ from jaxebm.mcmc.ais import AISResult, ais_log_partition
 from jaxebm.mcmc.base import SamplingAlgorithm, run_chain
 from jaxebm.mcmc.diagnostics import autocorrelation, effective_sample_size, integrated_autocorr_time, r_hat
 from jaxebm.mcmc.gibbs import RBMState, heat_bath, rbm_gibbs
+from jaxebm.mcmc.learning import pcd_fit_ising
 from jaxebm.mcmc.metropolis import SpinInfo, SpinState, metropolis
 from jaxebm.mcmc.tempering import (
     ReplicaExchangeInfo,
@@ -31,6 +32,7 @@ __all__ = [
     "heat_bath",
     "integrated_autocorr_time",
     "metropolis",
+    "pcd_fit_ising",
     "r_hat",
     "rbm_gibbs",
     "replica_exchange",

@@ -1,0 +1,104 @@
+"""Benchmark: single-spin Metropolis throughput (spin updates per second) for dense SK models,
+jaxebm against a vectorised NumPy implementation of the same sequential sweep, in one run;
+and how throughput grows with the number of chains.
+
+    python -m experiments.bench_mcmc [--smoke] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import common
+from jaxebm import ising, mcmc
+
+NAME = "bench_mcmc"
+TITLE = "Benchmark: Metropolis spin updates per second, jaxebm vs NumPy"
+
+
+def numpy_sweeps(h, J, x, sweeps, rng):
+    """The same sequential Metropolis sweep, vectorised over chains in NumPy (float32)."""
+    n = x.shape[1]
+    for _ in range(sweeps):
+        u = rng.random(x.shape, dtype=np.float32)
+        for i in range(n):
+            field = h[i] + x @ J[:, i]
+            flip = np.log(u[:, i]) < -2.0 * x[:, i] * field
+            x[:, i] = np.where(flip, -x[:, i], x[:, i])
+    return x
+
+
+def jax_rate(params, chains, sweeps, repeats):
+    algo = mcmc.metropolis(params)
+    n = params.h.shape[0]
+    x0 = jnp.where(jax.random.bernoulli(jax.random.key(0), 0.5, (chains, n)), 1.0, -1.0)
+    states = jax.vmap(algo.init)(x0)
+    run = jax.jit(jax.vmap(lambda k, s: mcmc.run_chain(k, algo, s, sweeps, trace_fn=lambda s, i: ())[0]))
+    keys = jax.random.split(jax.random.key(1), chains)
+    _, seconds = common.timed(lambda: run(keys, states), repeats)
+    return chains * n * sweeps / seconds
+
+
+def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
+    sizes = (64,) if smoke else (64, 256)
+    chain_counts = (100, 1000) if smoke else (1000, 10000)
+    repeats = 1 if smoke else 3
+    rows, records = [], []
+    for n in sizes:
+        params = ising.sherrington_kirkpatrick(jax.random.key(seed), n, beta=1.0, field_std=0.1)
+        h, J = np.asarray(params.h), np.asarray(params.J)
+        for chains in chain_counts:
+            sweeps = max(2, int(2e7 // (chains * n * n)) + 1) if not smoke else 2
+            rate = jax_rate(params, chains, sweeps, repeats)
+            rng = np.random.default_rng(seed)
+            x = np.where(rng.random((chains, n)) < 0.5, 1.0, -1.0).astype(np.float32)
+            np_sweeps = max(1, sweeps // 4)
+            start = time.perf_counter()
+            numpy_sweeps(h, J, x, np_sweeps, rng)
+            np_rate = chains * n * np_sweeps / (time.perf_counter() - start)
+            records.append({"n": n, "chains": chains, "jaxebm_updates_per_s": rate, "numpy_updates_per_s": np_rate,
+                            "speedup": rate / np_rate})
+            rows.append([n, chains, f"{rate:.3g}", f"{np_rate:.3g}", f"{rate / np_rate:.1f}x"])
+            print(f"  n={n} chains={chains}: jaxebm {rate:.3g}/s, numpy {np_rate:.3g}/s", flush=True)
+    # chain-parallel scaling at n = 64
+    params = ising.sherrington_kirkpatrick(jax.random.key(seed), 64, beta=1.0, field_std=0.1)
+    scaling = []
+    for chains in ((1, 10, 100) if smoke else (1, 10, 100, 1000, 10000)):
+        sweeps = max(2, int(5e6 // (chains * 64 * 64)) + 1)
+        scaling.append({"chains": chains, "updates_per_s": jax_rate(params, chains, sweeps, repeats)})
+    figures = []
+    plt = common.pyplot()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if plt is not None:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        c = np.array([s["chains"] for s in scaling])
+        r = np.array([s["updates_per_s"] for s in scaling])
+        ax.loglog(c, r, "o-", label="jaxebm")
+        ax.loglog(c, r[0] * c, "k:", label="linear")
+        ax.set_xlabel("chains")
+        ax.set_ylabel("spin updates / s")
+        ax.set_title(f"Metropolis, dense n=64, {jax.default_backend()}")
+        ax.legend()
+        figures.append(common.save_figure(fig, out_dir, "mcmc_scaling.png"))
+    summary = (common.markdown_table(["n", "chains", "jaxebm updates/s", "NumPy updates/s", "speedup"], rows)
+               + "\n\nChain-parallel scaling at n = 64: "
+               + ", ".join(f"{s['chains']}: {s['updates_per_s']:.3g}/s" for s in scaling)
+               + f". Backend {jax.default_backend()} ({jax.devices()[0].device_kind}).")
+    return common.write_results(out_dir, NAME, seed=seed, smoke=smoke, config={"sizes": sizes, "chains": chain_counts},
+                                metrics={"throughput": records, "scaling": scaling}, figures=figures,
+                                summary=summary, title=TITLE)
+
+
+def main(argv=None):
+    return common.run_main(sys.modules[__name__], argv)
+
+
+if __name__ == "__main__":
+    main()

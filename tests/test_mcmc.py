@@ -1,0 +1,188 @@
+"""Samplers against exact enumeration, with tolerances from the effective sample size."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxebm import ising, mcmc, rbm
+from jaxebm.ising import IsingParams
+from tests import reference
+from tests.conftest import random_couplings
+
+K_SIGMA = 5.0  # all keys are pinned; 5 standard errors leaves room for the max over ~n entries
+
+
+def _ising(rng, n, scale=0.4, field=0.3):
+    h, J = random_couplings(rng, n, scale=scale, field=field)
+    return IsingParams(jnp.asarray(h, jnp.float32), jnp.asarray(J, jnp.float32)), h, J
+
+
+def _run_many(algo, x0, num_steps, burn, key=1, trace_fn=lambda s, i: s.x):
+    states = jax.vmap(algo.init)(x0)
+    run = jax.jit(jax.vmap(lambda k, s: mcmc.run_chain(k, algo, s, num_steps, trace_fn=trace_fn)))
+    _, trace = run(jax.random.split(jax.random.key(key), x0.shape[0]), states)
+    return np.asarray(trace)[:, burn:]
+
+
+def _assert_moments(trace, mean, corr):
+    """trace: (chains, steps, n). Means and pair correlations within K_SIGMA ESS-based SEs."""
+    m = trace.mean((0, 1))
+    ess = np.asarray(mcmc.effective_sample_size(trace))
+    se = np.sqrt(np.maximum(1 - mean**2, 1e-6) / ess)
+    assert np.all(np.abs(m - mean) < K_SIGMA * se), np.max(np.abs(m - mean) / se)
+    pair = trace[..., :, None] * trace[..., None, :]
+    iu = np.triu_indices(trace.shape[-1], 1)
+    pair = pair[..., iu[0], iu[1]]
+    ess_pair = np.asarray(mcmc.effective_sample_size(pair))
+    se_pair = np.sqrt(np.maximum(1 - corr[iu] ** 2, 1e-6) / ess_pair)
+    assert np.all(np.abs(pair.mean((0, 1)) - corr[iu]) < K_SIGMA * se_pair)
+
+
+def _random_spins(key, shape):
+    return jnp.where(jax.random.bernoulli(jax.random.key(key), 0.5, shape), 1.0, -1.0)
+
+
+@pytest.mark.parametrize("sampler", ["metropolis", "heat_bath", "generic", "metropolis_block3"])
+def test_ising_samplers_match_exact_moments(rng, sampler):
+    n = 10
+    params, h, J = _ising(rng, n)
+    algo = {"metropolis": lambda: mcmc.metropolis(params), "heat_bath": lambda: mcmc.heat_bath(params),
+            "generic": lambda: mcmc.metropolis(lambda x: ising.log_weight(params, x)),
+            "metropolis_block3": lambda: mcmc.metropolis(params, block_size=3)}[sampler]()
+    trace = _run_many(algo, _random_spins(0, (128, n)), 300, 50)
+    mean, corr = reference.ising_moments(h, J)
+    _assert_moments(trace, mean, corr)
+
+
+def test_blocked_fast_path_is_the_same_chain_as_the_generic_sweep(rng):
+    params, _, _ = _ising(rng, 12)
+    x0 = _random_spins(1, (12,))
+    fast, generic = mcmc.metropolis(params, block_size=5), mcmc.metropolis(lambda x: ising.log_weight(params, x))
+    a = mcmc.run_chain(jax.random.key(3), fast, fast.init(x0), 50, trace_fn=lambda s, i: s.x)[1]
+    b = mcmc.run_chain(jax.random.key(3), generic, generic.init(x0), 50, trace_fn=lambda s, i: s.x)[1]
+    np.testing.assert_array_equal(a, b)
+    state = mcmc.run_chain(jax.random.key(3), fast, fast.init(x0), 50)[0]
+    np.testing.assert_allclose(state.field, params.h + params.J @ state.x, atol=1e-5)
+    np.testing.assert_allclose(state.log_weight, ising.log_weight(params, state.x), atol=1e-5)
+
+
+def test_rbm_gibbs_matches_exact_moments(rng):
+    params = rbm.RBMParams(jnp.asarray(rng.normal(size=(6, 4)) * 0.5, jnp.float32),
+                           jnp.asarray(rng.normal(size=6) * 0.3, jnp.float32),
+                           jnp.asarray(rng.normal(size=4) * 0.3, jnp.float32))
+    algo = mcmc.rbm_gibbs(params)
+    trace = _run_many(algo, _random_spins(2, (128, 6)), 300, 50)
+    mx, _, _ = rbm.moments(params)
+    X = reference.all_states(6)
+    p = np.exp(np.asarray(rbm.log_prob(params, X), np.float64))
+    _assert_moments(trace, np.asarray(mx, np.float64), (X.T * p) @ X)
+
+
+def test_replica_exchange_samples_every_temperature_exactly(rng):
+    n = 8
+    params, h, J = _ising(rng, n, scale=0.9)
+    betas = mcmc.geometric_ladder(0.3, 1.0, 5)
+    algo = mcmc.replica_exchange(lambda b: mcmc.heat_bath(params, b), betas)
+    chains = 32
+    x0 = _random_spins(3, (chains, 5, n))
+    trace = _run_many(algo, x0, 400, 50, trace_fn=lambda s, i: s.states.x)  # (chains, steps, R, n)
+    for r in (0, 2, 4):
+        b = float(betas[r])
+        mean, corr = reference.ising_moments(b * h, b * J)
+        _assert_moments(trace[:, :, r], mean, corr)
+
+
+def test_replica_exchange_bookkeeping(rng):
+    params, _, _ = _ising(rng, 6)
+    betas = jnp.linspace(0.2, 1.0, 6)
+    algo = mcmc.replica_exchange(lambda b: mcmc.metropolis(params, b), betas)
+    state = algo.init(_random_spins(4, (6, 6)))
+    step = jax.jit(algo.step)
+    accepted = np.zeros(5)
+    for i in range(400):
+        state, info = step(jax.random.key(i), state)
+        assert np.array_equal(np.asarray(info.swap_attempted), np.arange(5) % 2 == i % 2)
+        assert not np.any(np.asarray(info.swap_accepted) & ~np.asarray(info.swap_attempted))
+        accepted += np.asarray(info.swap_accepted)
+    assert sorted(np.asarray(state.walker).tolist()) == list(range(6))
+    assert np.all(accepted > 0)
+    assert int(np.asarray(state.round_trips).sum()) > 0
+    np.testing.assert_allclose(state.states.log_weight, jax.vmap(lambda x: ising.log_weight(params, x))(state.states.x),
+                               atol=1e-5)
+
+
+def test_adaptive_ladder_equalises_swap_rates():
+    betas = np.array([0.1, 0.2, 0.3, 0.9, 1.0])
+    new = mcmc.adapt_ladder(betas, np.array([0.95, 0.9, 0.1, 0.9]), damping=1.0)
+    assert new[0] == 0.1 and new[-1] == 1.0 and np.all(np.diff(new) > 0)
+    assert new[3] - new[2] < 0.6  # the hard interval shrinks
+    rng = np.random.default_rng(0)
+    params, _, _ = _ising(rng, 12, scale=1.0)
+    betas = mcmc.geometric_ladder(0.05, 1.0, 6)
+    tuned, history, _ = mcmc.tune_ladder(jax.random.key(0), lambda b: mcmc.heat_bath(params, b), betas,
+                                         _random_spins(5, (6, 12)), num_rounds=8, steps_per_round=300)
+    assert np.ptp(history[-1]) < np.ptp(history[0])
+
+
+@pytest.mark.parametrize("n", [10, 14])
+def test_ais_log_partition_ising(rng, n):
+    params, h, J = _ising(rng, n, scale=0.5)
+    res = mcmc.ais_log_partition(jax.random.key(0), params, num_chains=512, num_temps=300)
+    exact = reference.ising_log_z(h, J)
+    assert abs(float(res.log_z) - exact) < max(4 * float(res.stderr), 0.02), (float(res.log_z), exact, res.stderr)
+    assert abs(float(res.log_z) - exact) < 0.05
+
+
+def test_ais_log_partition_rbm(rng):
+    params = rbm.RBMParams(jnp.asarray(rng.normal(size=(8, 5)) * 0.5, jnp.float32), jnp.zeros(8), jnp.zeros(5))
+    res = mcmc.ais_log_partition(jax.random.key(1), params, num_chains=512, num_temps=300)
+    exact = float(rbm.log_partition(params))
+    assert abs(float(res.log_z) - exact) < max(4 * float(res.stderr), 0.02)
+
+
+def test_diagnostics_on_known_processes():
+    rho, T, chains = 0.9, 20_000, 8
+    key = jax.random.key(0)
+    noise = jax.random.normal(key, (chains, T)) * np.sqrt(1 - rho**2)
+
+    def ar1(x0, e):
+        def body(x, ei):
+            x = rho * x + ei
+            return x, x
+
+        return jax.lax.scan(body, x0, e)[1]
+
+    x = jax.vmap(ar1)(jax.random.normal(jax.random.key(1), (chains,)), noise)
+    tau = float(jnp.mean(jax.vmap(mcmc.integrated_autocorr_time)(x)))
+    assert abs(tau - (1 + rho) / (1 - rho)) < 0.15 * (1 + rho) / (1 - rho)
+    ess = float(mcmc.effective_sample_size(x))
+    assert abs(ess - chains * T / 19.0) < 0.15 * chains * T / 19.0
+    rho1 = np.asarray(mcmc.autocorrelation(x[0]))[1]
+    assert abs(rho1 - rho) < 0.02
+    assert abs(float(mcmc.r_hat(x)) - 1.0) < 0.02
+    shifted = x.at[0].add(3.0)
+    assert float(mcmc.r_hat(shifted)) > 1.1
+
+
+def test_step_compiles_once_and_bad_arguments(rng):
+    params, _, _ = _ising(rng, 6)
+    algo = mcmc.metropolis(params)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(key, state):
+        return algo.step(key, state)
+
+    state = algo.init(_random_spins(6, (6,)))
+    for i in range(3):
+        state, info = step(jax.random.key(i), state)
+    with pytest.raises(ValueError, match="multiple of thin"):
+        mcmc.run_chain(jax.random.key(0), algo, state, 10, thin=3)
+    with pytest.raises(ValueError, match="target must be IsingParams or a log_weight_fn"):
+        mcmc.metropolis(3.0)
+    with pytest.raises(ValueError, match="betas must be a vector of at least 2"):
+        mcmc.replica_exchange(lambda b: algo, jnp.array([1.0]))
+    with pytest.raises(ValueError, match="give make_algorithm"):
+        mcmc.ais_log_partition(jax.random.key(0), None)
