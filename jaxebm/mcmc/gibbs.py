@@ -23,7 +23,7 @@ from jaxebm.rbm import RBMParams
 __all__ = ["RBMState", "heat_bath", "rbm_gibbs"]
 
 
-def heat_bath(params: IsingParams, beta: float = 1.0, block_size: int = 32) -> SamplingAlgorithm:
+def heat_bath(params: IsingParams, beta: float = 1.0, block_size: int | None = None) -> SamplingAlgorithm:
     r"""Sequential heat-bath (Gibbs) sweeps of an Ising model at inverse temperature ``beta``:
     :math:`x_i \leftarrow +1` with probability :math:`\sigma(2\beta(h_i + \sum_j J_{ij}x_j))`.
 

@@ -52,10 +52,12 @@ def _ising_log_weight(params: IsingParams, x, field):
     return 0.5 * jnp.dot(x, field + params.h)
 
 
-def single_site_sweep(key, params: IsingParams, x, beta, rule: str, block_size: int = 32):
+def single_site_sweep(key, params: IsingParams, x, beta, rule: str, block_size: int | None = None):
     """One sequential sweep over all spins of an Ising model; ``rule`` is ``"metropolis"`` or
     ``"heat_bath"``. Returns ``(x, field, flips)``."""
     n = x.shape[0]
+    if block_size is None:
+        block_size = 8 if n <= 128 else 16
     h, J = params.h, params.J
     field = h + jnp.dot(J, x, precision=HIGHEST)
     u = jax.random.uniform(key, (n,), x.dtype)
@@ -117,7 +119,7 @@ def _generic_metropolis(log_weight_fn: Callable, beta) -> SamplingAlgorithm:
     return SamplingAlgorithm(init, step)
 
 
-def metropolis(target: IsingParams | Callable, beta: float = 1.0, block_size: int = 32) -> SamplingAlgorithm:
+def metropolis(target: IsingParams | Callable, beta: float = 1.0, block_size: int | None = None) -> SamplingAlgorithm:
     r"""Single-spin-flip Metropolis sweeps targeting :math:`p_\beta(x) \propto e^{\beta\log w(x)}`.
 
     Each step visits every spin once in order and accepts a flip with probability
@@ -128,7 +130,8 @@ def metropolis(target: IsingParams | Callable, beta: float = 1.0, block_size: in
         a function ``log_weight_fn(x: (n,)) -> scalar`` (generic fallback, one evaluation per
         proposed flip).
       beta: inverse temperature (may be traced, e.g. inside replica exchange).
-      block_size: spins per block of the Ising fast path.
+      block_size: spins per block of the Ising fast path (default: 8 up to n = 128, else 16;
+        measured fastest on CPU).
 
     Returns:
       ``SamplingAlgorithm``; ``init(x0: (n,)) -> SpinState``, ``step(key, state)``.
