@@ -27,6 +27,10 @@ CHAPTERS = (
     "experiments.bench_gmm",
     "experiments.ch4_rbm",
     "experiments.bench_rbm",
+    "experiments.ch5_mcmc",
+    "experiments.ch6_replica_exchange",
+    "experiments.bench_mcmc",
+    "experiments.ch7_without_mcmc",
 )
 
 
