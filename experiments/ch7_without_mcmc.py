@@ -69,8 +69,8 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
                     seconds[name] = (time.perf_counter() - start) / len(betas)
                 start = time.perf_counter()
                 ladder = jnp.array([0.4, 0.6, 0.8, 1.0])
-                pcd = jax.jit(lambda k, d: mcmc.pcd_fit_ising(k, ising.init(k, n), d, optax.sgd(0.1), pcd_steps,
-                                                              betas=ladder, num_chains=256)[0])
+                pcd = jax.jit(lambda k, d, n=n, ladder=ladder: mcmc.pcd_fit_ising(
+                    k, ising.init(k, n), d, optax.sgd(0.1), pcd_steps, betas=ladder, num_chains=256)[0])
                 fitted["PCD + replica exchange"] = [pcd(jax.random.fold_in(key, i), d) for i, d in enumerate(datas)]
                 seconds["PCD + replica exchange"] = (time.perf_counter() - start) / len(betas)
             for method in METHODS:
@@ -78,8 +78,9 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
                     score = _score(truths[i], fitted[method][i], datas[i])
                     record = {"n": n, "beta": b, "M": M, "method": method, "seconds": seconds[method], **score}
                     records.append(record)
-                    rows.append([n, b, f"{M:,}", method, f"{score['J_rmse']:.4f}", f"{score['kl_truth_to_learned']:.2e}",
-                                 f"{score['moment_residual']:.1e}", f"{seconds[method]:.2f}"])
+                    rows.append([n, b, f"{M:,}", method, f"{score['J_rmse']:.4f}",
+                                 f"{score['kl_truth_to_learned']:.2e}", f"{score['moment_residual']:.1e}",
+                                 f"{seconds[method]:.2f}"])
             print(f"  n={n} M={M}: done", flush=True)
 
     pl20 = [r["seconds"] for r in records if r["n"] == max(sizes) and r["M"] == max(sample_sizes)

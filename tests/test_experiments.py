@@ -13,7 +13,12 @@ from experiments import tour
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("module_name", tour.CHAPTERS)
+# The quickest scripts run in the default suite; the rest are `slow` (CI runs them too).
+FAST = {"experiments.ch2_gaussian", "experiments.bench_enumeration", "experiments.ch2_ising"}
+
+
+@pytest.mark.parametrize("module_name", [m if m in FAST else pytest.param(m, marks=pytest.mark.slow)
+                                         for m in tour.CHAPTERS])
 def test_experiment_smoke(module_name, tmp_path):
     module = importlib.import_module(module_name)
     record = module.run(tmp_path, smoke=True, seed=0)

@@ -26,7 +26,8 @@ def _precisions(params):
     return 1.0 / covs
 
 
-@pytest.mark.parametrize("dataset,K", [("iris", 3), ("wine", 3), ("breast_cancer", 2)])
+@pytest.mark.parametrize("dataset,K", [("iris", 3), pytest.param("wine", 3, marks=pytest.mark.slow),
+                                       pytest.param("breast_cancer", 2, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("covariance_type", gmm.COVARIANCE_TYPES)
 def test_scikit_learn_parity_x64(x64, dataset, K, covariance_type):
     X = _standardised(dataset)

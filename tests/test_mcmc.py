@@ -113,6 +113,7 @@ def test_replica_exchange_bookkeeping(rng):
                                atol=1e-5)
 
 
+@pytest.mark.slow
 def test_adaptive_ladder_equalises_swap_rates():
     betas = np.array([0.1, 0.2, 0.3, 0.9, 1.0])
     new = mcmc.adapt_ladder(betas, np.array([0.95, 0.9, 0.1, 0.9]), damping=1.0)
