@@ -295,19 +295,21 @@ def _e_step(params, z, u, centre, sample_weight):
     log_norm = jax.nn.logsumexp(weighted, axis=-1)
     resp = jnp.exp(weighted - log_norm[:, None])
     w = jnp.ones_like(log_norm) if sample_weight is None else sample_weight
-    total = jnp.sum(w)
-    loglik = jnp.sum(w * log_norm) / total
+    loglik = jnp.sum(w * log_norm) / jnp.sum(w)
+    return _stats(resp, z, u, w, params.covariance_type), loglik
+
+
+def _stats(resp, z, u, w, covariance_type) -> EStepStats:
+    """Weighted sufficient statistics of responsibilities ``resp`` for centred data ``z``
+    (``u`` its quadratic features, used by full and tied covariances)."""
     rw = resp * w[:, None]
-    nk = jnp.sum(rw, axis=0)
-    sum_z = jnp.dot(rw.T, z, precision=HIGHEST)
-    ct = params.covariance_type
-    if ct == "full":
+    if covariance_type == "full":
         sum_zz = _unpack_symmetric(jnp.dot(rw.T, u, precision=HIGHEST), z.shape[1])
-    elif ct == "tied":
+    elif covariance_type == "tied":
         sum_zz = _unpack_symmetric(jnp.dot(w, u, precision=HIGHEST), z.shape[1])
     else:
         sum_zz = jnp.dot(rw.T, z * z, precision=HIGHEST)
-    return EStepStats(nk, sum_z, sum_zz, total), loglik
+    return EStepStats(jnp.sum(rw, axis=0), jnp.dot(rw.T, z, precision=HIGHEST), sum_zz, jnp.sum(w))
 
 
 def _m_step(stats: EStepStats, covariance_type: str, reg_covar: float, centre: Array) -> GMMParams:
@@ -557,17 +559,9 @@ def initialize(key: PRNGKey, x: Array, n_components: int, covariance_type: str =
         raise ValueError(f"init must be 'kmeans++', 'random', 'random_from_data' or a GMMParams; got {init!r}.")
     centre = jnp.mean(x, axis=0)
     z = x - centre
+    u = _quadratic_features(z) if covariance_type in ("full", "tied") else None
     w = jnp.ones((n,), x.dtype) if sample_weight is None else sample_weight
-    rw = resp * w[:, None]
-    nk = jnp.sum(rw, axis=0)
-    if covariance_type == "full":
-        sum_zz = _unpack_symmetric(jnp.dot(rw.T, _quadratic_features(z), precision=HIGHEST), x.shape[1])
-    elif covariance_type == "tied":
-        sum_zz = _unpack_symmetric(jnp.dot(w, _quadratic_features(z), precision=HIGHEST), x.shape[1])
-    else:
-        sum_zz = jnp.dot(rw.T, z * z, precision=HIGHEST)
-    stats = EStepStats(nk, jnp.dot(rw.T, z, precision=HIGHEST), sum_zz, jnp.sum(w))
-    return _m_step(stats, covariance_type, reg_covar, centre)
+    return _m_step(_stats(resp, z, u, w, covariance_type), covariance_type, reg_covar, centre)
 
 
 def fit(key: PRNGKey, x: ArrayLike, n_components: int, *, covariance_type: str = "full",
