@@ -63,6 +63,8 @@ _GENERIC_SLOWDOWN = 20.0
 _SPLIT_BUDGET_BITS = {"cpu": 20, "gpu": 24, "tpu": 24}
 _INNER_BITS = {"cpu": 12, "gpu": 14, "tpu": 14}
 _GENERIC_BUDGET_BYTES = {"cpu": 2**24, "gpu": 2**28, "tpu": 2**28}
+# Outer states per launch of the fused (Pallas) kernel, as bits.
+_PALLAS_CHUNK_BITS = 14
 
 __all__ = [
     "DEFAULT_MAX_SECONDS",
@@ -562,7 +564,7 @@ def _chunk_log_weights(i, ops, plan: SplitPlan, dtype):
     return outer, cross + f_outer[:, None] + f_inner[None, :]  # (C, 2^nb)
 
 
-def _pairwise_fold(h, J, plan: SplitPlan, devices: tuple, with_moments: bool):
+def _pairwise_fold(h, J, plan: SplitPlan, devices: tuple, with_moments: bool, engine: str = "xla"):
     dtype, inner, f_inner, J_ab, J_aa, h_a = _pairwise_pieces(h, J, plan)
     nb, na = plan.inner_bits, plan.outer_bits
     ops = (inner, f_inner, J_ab, J_aa, h_a)
@@ -571,6 +573,8 @@ def _pairwise_fold(h, J, plan: SplitPlan, devices: tuple, with_moments: bool):
                 jnp.zeros((na, nb), dtype))
     else:
         init = ()
+    if engine == "pallas":
+        return _pairwise_fold_pallas(ops, plan, devices, with_moments, dtype, init), inner
 
     def chunk_step(i, fold, ops):
         outer, L = _chunk_log_weights(i, ops, plan, dtype)
@@ -590,6 +594,45 @@ def _pairwise_fold(h, J, plan: SplitPlan, devices: tuple, with_moments: bool):
         return _fold_update(fold, L, contributions)
 
     return _run_fold(chunk_step, init, plan.num_chunks, dtype, ops, devices), inner
+
+
+def _pairwise_fold_pallas(ops, plan: SplitPlan, devices: tuple, with_moments: bool, dtype, init):
+    """The split fold with each chunk's rows reduced by the fused kernel
+    (:func:`jaxebm.kernels.pairwise_rows`): only per-outer-state results reach memory."""
+    from jaxebm import kernels
+
+    inner, f_inner, J_ab, J_aa, h_a = ops
+    nb = plan.inner_bits
+    K = kernels.padded(nb)
+    inner_t = jnp.zeros((K, 2**nb), dtype).at[:nb].set(inner.T)
+    J_ab = jnp.zeros((J_ab.shape[0], K), dtype).at[:, :nb].set(J_ab)
+    tb = min(kernels.TILE_INNER, 2**nb)
+
+    def chunk_step(i, fold, ops):
+        inner_t, f_inner, J_ab, J_aa, h_a = ops
+        outer = _chunk_outer(i, plan, dtype)  # (C, na)
+        f_outer = 0.5 * jnp.sum(jnp.dot(outer, J_aa, precision=HIGHEST) * outer, axis=1) + jnp.dot(
+            outer, h_a, precision=HIGHEST)
+        u = jnp.dot(outer, J_ab, precision=HIGHEST)  # (C, K)
+        if not with_moments:
+            return _fold_update(fold, kernels.pairwise_rows(u, f_outer, inner_t, f_inner), lambda P: ())
+        log_rows, inner_mean, cols, shifts = kernels.pairwise_rows(u, f_outer, inner_t, f_inner,
+                                                                   with_moments=True, tile_inner=tb)
+        shift = _safe_shift(jnp.maximum(fold.m, jnp.max(log_rows)))  # as in _fold_update
+
+        def contributions(rows):
+            col_scale = jnp.repeat(jnp.exp(shifts - shift), tb, axis=1)  # (G, 2^nb)
+            return (
+                jnp.sum(cols * col_scale, axis=0),
+                jnp.dot(rows, outer, precision=HIGHEST),
+                jnp.dot(outer.T * rows, outer, precision=HIGHEST),
+                jnp.dot(outer.T * rows, inner_mean[:, :nb], precision=HIGHEST),
+            )
+
+        return _fold_update(fold, log_rows, contributions)
+
+    ops = (inner_t, f_inner, J_ab, J_aa, h_a)
+    return _run_fold(chunk_step, init, plan.num_chunks, dtype, ops, devices)
 
 
 def _blocks(k: int) -> tuple[int, int]:
@@ -626,28 +669,37 @@ def _assemble_moments(inner, accs, n, nb):
     return mean, corr
 
 
-def _resolve(h, J, inner_bits, chunk_size, max_seconds, devices):
+def _resolve(h, J, inner_bits, chunk_size, max_seconds, devices, engine):
+    from jaxebm import kernels
+
     h, J = jnp.asarray(h), jnp.asarray(J)
     _check_pairwise(h, J)
     devices = _devices(devices)
+    engine = kernels.resolve(engine)
     n = h.shape[0]
     check_enumerable(n, max_seconds=max_seconds, num_devices=len(devices), what="n (spins)")
-    plan = split_plan(n, inner_bits=inner_bits, chunk_size=chunk_size, num_devices=len(devices))
+    budget = None
+    if engine == "pallas":
+        # The fused kernel never holds the (C, 2^inner) tile: chunks are bounded by launch
+        # size instead of memory.
+        budget = min(n, _INNER_BITS.get(_backend(), 12) if inner_bits is None else inner_bits) + _PALLAS_CHUNK_BITS
+    plan = split_plan(n, inner_bits=inner_bits, chunk_size=chunk_size, budget_bits=budget,
+                      num_devices=len(devices))
     dtype = jnp.result_type(h, J, jnp.float32)
-    return h.astype(dtype), J.astype(dtype), plan, devices
+    return h.astype(dtype), J.astype(dtype), plan, devices, engine
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _pairwise_log_z(h, J, plan, devices):
-    (log_z, _), _ = _pairwise_fold(h, J, plan, devices, with_moments=False)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _pairwise_log_z(h, J, plan, devices, engine):
+    (log_z, _), _ = _pairwise_fold(h, J, plan, devices, with_moments=False, engine=engine)
     return log_z
 
 
 @_pairwise_log_z.defjvp
-def _pairwise_log_z_jvp(plan, devices, primals, tangents):
+def _pairwise_log_z_jvp(plan, devices, engine, primals, tangents):
     h, J = primals
     dh, dJ = tangents
-    (log_z, accs), inner = _pairwise_fold(h, J, plan, devices, with_moments=True)
+    (log_z, accs), inner = _pairwise_fold(h, J, plan, devices, with_moments=True, engine=engine)
     mean, corr = _assemble_moments(inner, accs, plan.n, plan.inner_bits)
     # d log Z = <x> . dh + 1/2 sum_kl <x_k x_l> dJ_kl (exactly autodiff of the brute force).
     return log_z, jnp.dot(mean, dh) + 0.5 * jnp.sum(corr * dJ)
@@ -655,7 +707,7 @@ def _pairwise_log_z_jvp(plan, devices, primals, tangents):
 
 def pairwise_log_partition(h: ArrayLike, J: ArrayLike, *, inner_bits: int | None = None,
                            chunk_size: int | None = None, max_seconds: float | None = None,
-                           devices: Sequence | None = None) -> Array:
+                           devices: Sequence | None = None, engine: str | None = None) -> Array:
     r"""Exact log partition function of a pairwise model by the split enumerator.
 
     .. math:: \log Z = \log \sum_{x \in \{-1,+1\}^n}
@@ -673,16 +725,20 @@ def pairwise_log_partition(h: ArrayLike, J: ArrayLike, *, inner_bits: int | None
       chunk_size: outer states per chunk, a power of two (default: from a memory budget).
       max_seconds: refuse (ValueError) if the estimated time exceeds this.
       devices: devices to shard the state range across (default: all local devices).
+      engine: ``"auto"`` (default), ``"xla"`` or ``"pallas"`` (the fused kernel of
+        :mod:`jaxebm.kernels`; interpreted, hence slow, off GPU).
     """
-    h, J, plan, devices = _resolve(h, J, inner_bits, chunk_size, max_seconds, devices)
-    return _pairwise_log_z(h, J, plan, devices)
+    h, J, plan, devices, engine = _resolve(h, J, inner_bits, chunk_size, max_seconds, devices, engine)
+    return _pairwise_log_z(h, J, plan, devices, engine)
 
 
 def pairwise_moments(h: ArrayLike, J: ArrayLike, *, inner_bits: int | None = None,
                      chunk_size: int | None = None, max_seconds: float | None = None,
-                     devices: Sequence | None = None) -> tuple[Array, Array, Array]:
+                     devices: Sequence | None = None, engine: str | None = None) -> tuple[Array, Array, Array]:
     r"""Exact :math:`\log Z`, :math:`\langle x \rangle` and :math:`\langle x x^\top \rangle`
     of a pairwise model in one streamed pass.
+
+    Arguments as :func:`pairwise_log_partition`.
 
     .. math:: \langle x_k \rangle = \frac1Z \sum_x x_k\, w(x), \quad
               \langle x_k x_l \rangle = \frac1Z \sum_x x_k x_l\, w(x) \qquad
@@ -696,8 +752,8 @@ def pairwise_moments(h: ArrayLike, J: ArrayLike, *, inner_bits: int | None = Non
     Returns:
       ``(log_z, mean (n,), corr (n, n))``, ``corr`` having a unit diagonal.
     """
-    h, J, plan, devices = _resolve(h, J, inner_bits, chunk_size, max_seconds, devices)
-    (log_z, accs), inner = _pairwise_fold(h, J, plan, devices, with_moments=True)
+    h, J, plan, devices, engine = _resolve(h, J, inner_bits, chunk_size, max_seconds, devices, engine)
+    (log_z, accs), inner = _pairwise_fold(h, J, plan, devices, with_moments=True, engine=engine)
     mean, corr = _assemble_moments(inner, accs, plan.n, plan.inner_bits)
     return log_z, mean, corr
 

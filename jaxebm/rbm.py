@@ -198,13 +198,16 @@ class _Plan(NamedTuple):
     chunk: int  # outer bits per chunk
 
 
-def _plan(nv: int, nh: int) -> _Plan:
+def _plan(nv: int, nh: int, engine: str = "xla") -> _Plan:
     enumerate_hidden = nh <= nv
     m, other = (nh, nv) if enumerate_hidden else (nv, nh)
     budget = _TILE_BITS.get(jax.default_backend(), 21)
     other_bits = max(0, math.ceil(math.log2(max(other, 1))))
     inner = min(m, 12, max(0, budget - other_bits))
     chunk = min(m - inner, max(0, budget - other_bits - inner))
+    if engine == "pallas":  # the fused kernel holds only (C, other): chunks bounded by launch size
+        inner = min(m, 12)
+        chunk = min(m - inner, 12)
     return _Plan(enumerate_hidden, m, inner, chunk)
 
 
@@ -227,7 +230,7 @@ def _orient(params: RBMParams, plan: _Plan):
     return params.W, params.b, params.c
 
 
-def _fold(params: RBMParams, plan: _Plan, with_moments: bool):
+def _fold(params: RBMParams, plan: _Plan, with_moments: bool, engine: str = "xla"):
     dtype = jnp.result_type(params.W, jnp.float32)
     U, s_bias, o_bias = (a.astype(dtype) for a in _orient(params, plan))  # U: (m, other)
     m, inner, chunk = plan.m, plan.inner, plan.chunk
@@ -243,6 +246,9 @@ def _fold(params: RBMParams, plan: _Plan, with_moments: bool):
     else:
         init = ()
     a, bb = enumeration._blocks(inner)
+    if engine == "pallas" and not with_moments:
+        log_z, _ = _fold_pallas(table, f_inner, U[inner:], s_bias[inner:], plan, dtype)
+        return log_z, None, inner_states
 
     def chunk_step(i, fold, ops):
         table, f_inner, U_out, s_out = ops
@@ -275,6 +281,33 @@ def _fold(params: RBMParams, plan: _Plan, with_moments: bool):
     return log_z, accs, inner_states
 
 
+def _fold_pallas(table, f_inner, U_out, s_out, plan: _Plan, dtype):
+    """log Z with each chunk's rows reduced by the fused kernel (:func:`jaxebm.kernels.rbm_rows`):
+    the ``(C, 2^inner, other)`` pre-activations never reach memory."""
+    from jaxebm import kernels
+
+    other = table.shape[1]
+    tile_units = 128
+    pad = -other % tile_units if other > tile_units else 0
+    table = jnp.pad(table, ((0, 0), (0, pad)))
+    U_out = jnp.pad(U_out, ((0, 0), (0, pad)))
+    pad_constant = pad * np.log(2.0)  # each zero-padded unit adds log 2cosh(0) = log 2
+    chunk, outer = plan.chunk, plan.m - plan.inner
+
+    def chunk_step(i, fold, ops):
+        table, f_inner, U_out, s_out = ops
+        codes = (jnp.asarray(i).astype(jnp.uint32) << chunk) | jnp.arange(2**chunk, dtype=jnp.uint32)
+        out_states = enumeration.spins(codes, outer, dtype)
+        out_field = jnp.dot(out_states, U_out, precision=HIGHEST)
+        f_out = jnp.dot(out_states, s_out, precision=HIGHEST) - pad_constant
+        rows = kernels.rbm_rows(out_field, f_out, table, f_inner, tile_units=tile_units)
+        return enumeration._fold_update(fold, rows, lambda P: ())
+
+    ops = (table, f_inner, U_out, s_out)
+    devices = tuple(jax.local_devices())
+    return enumeration._run_fold(chunk_step, (), 2 ** (outer - chunk), dtype, ops, devices)
+
+
 def _assemble(plan: _Plan, accs, inner_states):
     p_inner, m_out, R = accs
     # renormalise the inner marginal by its own sum (self-consistent weighted averages)
@@ -287,20 +320,21 @@ def _assemble(plan: _Plan, accs, inner_states):
     return enum_mean, other_mean, cross.T
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _log_z(params: RBMParams, plan: _Plan) -> Array:
-    return _fold(params, plan, with_moments=False)[0]
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def _log_z(params: RBMParams, plan: _Plan, engine: str) -> Array:
+    return _fold(params, plan, with_moments=False, engine=engine)[0]
 
 
 @_log_z.defjvp
-def _log_z_jvp(plan, primals, tangents):
+def _log_z_jvp(plan, engine, primals, tangents):
+    # The moments come from the XLA path whatever the engine (the fused kernel is log Z only).
     (params,), (dparams,) = primals, tangents
     log_z, accs, inner_states = _fold(params, plan, with_moments=True)
     mean_x, mean_z, xz = _assemble(plan, accs, inner_states)
     return log_z, jnp.sum(xz * dparams.W) + jnp.dot(mean_x, dparams.b) + jnp.dot(mean_z, dparams.c)
 
 
-def log_partition(params: RBMParams, *, max_seconds: float | None = None) -> Array:
+def log_partition(params: RBMParams, *, max_seconds: float | None = None, engine: str | None = None) -> Array:
     r"""Exact :math:`\log Z` (Eq. (4.80)) by enumerating the smaller layer.
 
     .. math:: \log Z = \log \sum_{z} \exp\Big(c^\top z + \sum_k \log 2\cosh((Wz)_k + b_k)\Big)
@@ -311,11 +345,18 @@ def log_partition(params: RBMParams, *, max_seconds: float | None = None) -> Arr
     ``Precision.HIGHEST``. Differentiable: the custom JVP gives the
     exact :math:`\langle x z^\top\rangle, \langle x\rangle, \langle z\rangle` from one pass.
     Refuses (ValueError with state count and estimated time) too large a smaller layer.
+
+    ``engine``: ``"auto"`` (default), ``"xla"`` or ``"pallas"`` (the fused kernel
+    :func:`jaxebm.kernels.rbm_rows`; interpreted, hence slow, off GPU). The gradient always
+    comes from the XLA moments pass.
     """
+    from jaxebm import kernels
+
     _validate(params)
     nv, nh = np.shape(params.W)
     _check_enumerable(nv, nh, max_seconds)
-    return _log_z(params, _plan(nv, nh))
+    engine = kernels.resolve(engine)
+    return _log_z(params, _plan(nv, nh, engine), engine)
 
 
 def moments(params: RBMParams, *, max_seconds: float | None = None) -> tuple[Array, Array, Array]:

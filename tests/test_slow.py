@@ -64,3 +64,19 @@ def test_float64_dense_n20(x64, rng):
     log_z, mean, corr = enumeration.pairwise_moments(jnp.asarray(h), jnp.asarray(J))
     assert abs(float(log_z) - want) <= 1e-11 * abs(want)
     np.testing.assert_allclose(mean, p @ X, atol=1e-12)
+
+
+def test_pallas_kernel_float32_matches_float64_at_n24(rng):
+    # Issue #8: float32 within 2e-6 relative of float64 at N <= 24 (interpret mode on CPU).
+    from tests.conftest import _x64, random_couplings
+
+    n = 24
+    h, J = random_couplings(rng, n, scale=0.4)
+    log_z, mean, corr = enumeration.pairwise_moments(jnp.asarray(h, jnp.float32), jnp.asarray(J, jnp.float32),
+                                                     engine="pallas")
+    with _x64():
+        want = enumeration.pairwise_moments(np.asarray(h), np.asarray(J), engine="xla")
+        want = [np.asarray(a) for a in want]
+    assert abs(float(log_z) - want[0]) <= 2e-6 * abs(want[0])
+    np.testing.assert_allclose(mean, want[1], atol=3e-6)
+    np.testing.assert_allclose(corr, want[2], atol=3e-6)
