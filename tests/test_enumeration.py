@@ -311,6 +311,16 @@ SHARDING_SCRIPT = textwrap.dedent(
     lz, m = enumeration.expectation_states(fn, lambda x: x, 8, chunk_size=8)
     np.testing.assert_allclose(float(lz), reference.ising_log_z(h, J), rtol=2e-6)
     np.testing.assert_allclose(m, reference.ising_moments(h, J)[0], atol=2e-6)
+    # chains sharded across the 8 devices give the same chains as on one device
+    from jaxebm import ising, mcmc
+    params = ising.sherrington_kirkpatrick(jax.random.key(0), 10)
+    algo = mcmc.metropolis(params)
+    states = jax.vmap(algo.init)(jnp.ones((16, 10)))
+    run = lambda devices: mcmc.run_chains(jax.random.key(1), algo, states, 5, devices=devices,
+                                          trace_fn=lambda s, i: s.x)
+    (s1, t1), (s8, t8) = run(jax.devices()[:1]), run(None)
+    np.testing.assert_array_equal(t1, t8)
+    assert len(s8.x.sharding.device_set) == 8
     print("SHARDING-OK")
     """
 )

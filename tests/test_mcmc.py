@@ -187,3 +187,24 @@ def test_step_compiles_once_and_bad_arguments(rng):
         mcmc.replica_exchange(lambda b: algo, jnp.array([1.0]))
     with pytest.raises(ValueError, match="give make_algorithm"):
         mcmc.ais_log_partition(jax.random.key(0), None)
+
+
+def test_run_chains_matches_a_vmap_of_run_chain(rng):
+    params, _, _ = _ising(rng, 8)
+    algo = mcmc.metropolis(params)
+    states = jax.vmap(algo.init)(_random_spins(4, (6, 8)))
+    final, trace = mcmc.run_chains(jax.random.key(7), algo, states, 12, thin=3, trace_fn=lambda s, i: s.x,
+                                   num_chunks=2)
+    keys = jax.random.split(jax.random.key(7), 2)
+    want_states, want_traces = states, []
+    for k in keys:  # the same keys, chunk by chunk
+        want_states, t = jax.vmap(lambda kk, s: mcmc.run_chain(kk, algo, s, 6, 3, trace_fn=lambda s, i: s.x))(
+            jax.random.split(k, 6), want_states)
+        want_traces.append(t)
+    np.testing.assert_array_equal(trace, np.concatenate(want_traces, axis=1))
+    np.testing.assert_array_equal(final.x, want_states.x)
+    assert trace.shape == (6, 4, 8)
+    with pytest.raises(ValueError, match="multiple of the number of devices"):
+        mcmc.run_chains(jax.random.key(0), algo, states, 4, devices=[jax.devices()[0]] * 4)
+    with pytest.raises(ValueError, match="leading chain axis"):
+        mcmc.run_chains(jax.random.key(0), algo, algo.init(jnp.ones(8))._replace(log_weight=1.0), 4)

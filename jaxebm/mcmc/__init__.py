@@ -2,7 +2,7 @@
 ``SamplingAlgorithm(init, step)``, replica exchange as a meta-kernel, AIS, diagnostics."""
 
 from jaxebm.mcmc.ais import AISResult, ais_log_partition
-from jaxebm.mcmc.base import SamplingAlgorithm, run_chain
+from jaxebm.mcmc.base import SamplingAlgorithm, run_chain, run_chains
 from jaxebm.mcmc.diagnostics import autocorrelation, effective_sample_size, integrated_autocorr_time, r_hat
 from jaxebm.mcmc.gibbs import RBMState, heat_bath, rbm_gibbs
 from jaxebm.mcmc.learning import pcd_fit_ising
@@ -37,5 +37,6 @@ __all__ = [
     "rbm_gibbs",
     "replica_exchange",
     "run_chain",
+    "run_chains",
     "tune_ladder",
 ]

@@ -11,11 +11,12 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 from jax import lax
 
 from jaxebm.types import PRNGKey
 
-__all__ = ["SamplingAlgorithm", "run_chain"]
+__all__ = ["SamplingAlgorithm", "run_chain", "run_chains"]
 
 
 class SamplingAlgorithm(NamedTuple):
@@ -72,3 +73,59 @@ def run_chain(key: PRNGKey, algorithm: SamplingAlgorithm, state, num_steps: int,
         if progress:
             print(f"  run_chain: chunk {i + 1}/{num_chunks} ({(i + 1) * num_steps // num_chunks} steps)", flush=True)
     return state, jax.tree_util.tree_map(lambda *a: jax.numpy.concatenate(a), *traces)
+
+
+def run_chains(key: PRNGKey, algorithm: SamplingAlgorithm, states, num_steps: int, thin: int = 1, *,
+               trace_fn: Callable[[Any, Any], Any] | None = None, num_chunks: int = 1, progress: bool = False,
+               devices=None):
+    """Runs many independent chains (a ``vmap`` of :func:`run_chain`), jitted, with the chain
+    axis sharded across ``devices``.
+
+    Chain ``c`` uses the ``c``-th key of ``jax.random.split(key, num_chains)`` whatever the
+    device count, so results do not depend on the sharding. On ``D > 1`` devices the chains
+    are split into ``D`` contiguous blocks by ``jax.shard_map``; nothing is communicated.
+
+    Args:
+      key: PRNG key.
+      algorithm: the sampler.
+      states: initial states with a leading chain axis (e.g. ``jax.vmap(algorithm.init)(x0)``).
+      num_steps, thin, trace_fn: as :func:`run_chain`.
+      num_chunks, progress: run as this many compiled chunks, printing progress between them.
+      devices: devices to shard the chains across (default: all local devices); the number of
+        chains must be a multiple of their count.
+
+    Returns:
+      ``(final_states, traces)``, traces of shape ``(num_chains, num_steps // thin, ...)``.
+    """
+    leaves = jax.tree_util.tree_leaves(states)
+    if not leaves or any(np.ndim(a) < 1 for a in leaves):
+        raise ValueError("states must carry a leading chain axis (e.g. jax.vmap(algorithm.init)(x0)).")
+    num_chains = leaves[0].shape[0]
+    devices = tuple(jax.local_devices() if devices is None else devices)
+    if not devices or num_chains % len(devices):
+        raise ValueError(f"the number of chains ({num_chains}) must be a positive multiple of the number of "
+                         f"devices ({len(devices)}); pass devices= to use fewer.")
+    if num_steps < 1 or num_chunks < 1 or num_steps % (thin * num_chunks):
+        raise ValueError(f"num_steps ({num_steps}) must be a positive multiple of thin * num_chunks "
+                         f"({thin} * {num_chunks}).")
+    steps = num_steps // num_chunks
+
+    def many(keys, states):
+        return jax.vmap(lambda k, s: run_chain(k, algorithm, s, steps, thin, trace_fn=trace_fn))(keys, states)
+
+    if len(devices) > 1:
+        from jax.sharding import Mesh, PartitionSpec
+
+        mesh = Mesh(np.asarray(devices), ("chains",))
+        spec = PartitionSpec("chains")
+        many = jax.shard_map(many, mesh=mesh, in_specs=(spec, spec), out_specs=spec, check_vma=False)
+    many = jax.jit(many)
+    traces = []
+    for i, k in enumerate(jax.random.split(key, num_chunks)):
+        states, trace = many(jax.random.split(k, num_chains), states)
+        traces.append(trace)
+        if progress and num_chunks > 1:
+            print(f"  run_chains: chunk {i + 1}/{num_chunks} ({(i + 1) * steps} steps)", flush=True)
+    if num_chunks == 1:
+        return states, traces[0]
+    return states, jax.tree_util.tree_map(lambda *a: jax.numpy.concatenate(a, axis=1), *traces)
