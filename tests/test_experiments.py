@@ -48,3 +48,17 @@ def test_readme_opens_with_the_two_commands():
     assert "pytest" in test_cmd
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
     assert ci[-1].strip() == test_cmd.strip(), "the last line of .ci/run must be the README's test command"
+
+
+@pytest.mark.slow
+def test_benchmark_suite_writes_one_table_with_peers(tmp_path):
+    from experiments import benchmarks
+
+    result = benchmarks.run(tmp_path, smoke=True)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["benchmarks"]) == set(benchmarks.SUITE)
+    peers = " ".join(row[3] for row in saved["headlines"])
+    for peer in ("NumPy f64", "scikit-learn", "NumPy"):
+        assert peer in peers
+    table = (tmp_path / "BENCHMARKS.md").read_text()
+    assert result["device"] in table and "| benchmark | case | jaxebm | peer | ratio |" in table
