@@ -42,6 +42,36 @@ def gibbs_throughput(nv, nh, chains, sweeps, precision, repeats):
     return chains * sweeps * (nv + nh) / seconds, seconds
 
 
+def gibbs_bounds(nv, nh, chains, sweeps, repeats):
+    """The two parts of a block-Gibbs sweep timed apart: the matmuls + tanh with the random
+    draws replaced by a threshold, and the exact threefry uniforms alone."""
+    params = rbm.init(jax.random.key(0), nv, nh, scale=0.05)
+
+    @jax.jit
+    def no_randoms(key, x):
+        def body(x, k):
+            z = jnp.where(rbm.hidden_mean(params, x) > 0, 1.0, -1.0)
+            return jnp.where(rbm.visible_mean(params, z) > 0, 1.0, -1.0), None
+
+        return lax.scan(body, x, jax.random.split(key, sweeps))[0]
+
+    @jax.jit
+    def randoms_only(key, x):
+        def body(x, k):
+            k1, k2 = jax.random.split(k)
+            return x + jnp.sum(jax.random.uniform(k1, (chains, nh))) + jax.random.uniform(k2, (chains, nv)), None
+
+        return lax.scan(body, x, jax.random.split(key, sweeps))[0]
+
+    x0 = jnp.where(jax.random.uniform(jax.random.key(1), (chains, nv)) < 0.5, 1.0, -1.0)
+    flips = chains * sweeps * (nv + nh)
+    out = {}
+    for name, fn in (("matmuls_and_tanh_only", no_randoms), ("uniforms_only", randoms_only)):
+        _, seconds = common.timed(lambda fn=fn: fn(jax.random.key(2), x0), repeats)
+        out[name] = {"ms_per_sweep": 1e3 * seconds / sweeps, "flips_per_s": flips / seconds}
+    return out
+
+
 def sklearn_gibbs(nv, nh, chains, sweeps, repeats):
     from sklearn.neural_network import BernoulliRBM
 
@@ -89,6 +119,11 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0, large: bool = Fals
                                  "chains": chains, "sweeps": sweeps})
         rows.append([f"block Gibbs {nv}x{nh}, {chains} chains, jaxebm precision={name}", f"{seconds:.3f} s",
                      f"{rate:.3g} flips/s"])
+    bounds = gibbs_bounds(nv, nh, chains, sweeps, repeats)
+    records["gibbs_parts"] = bounds
+    for name, b in bounds.items():
+        rows.append([f"block Gibbs {nv}x{nh}, {chains} chains: {name.replace('_', ' ')}",
+                     f"{b['ms_per_sweep']:.2f} ms/sweep", f"{b['flips_per_s']:.3g} flips/s"])
     rate, seconds = sklearn_gibbs(nv, nh, chains, sweeps, repeats)
     records["gibbs"].append({"impl": "scikit-learn BernoulliRBM.gibbs (float64)", "flips_per_s": rate,
                              "seconds": seconds, "chains": chains, "sweeps": sweeps})
