@@ -287,8 +287,8 @@ def _fold_pallas(table, f_inner, U_out, s_out, plan: _Plan, dtype):
     from jaxebm import kernels
 
     other = table.shape[1]
-    tile_units = 128
-    pad = -other % tile_units if other > tile_units else 0
+    tile_units = kernels.RBM_TILE_UNITS
+    pad = -other % tile_units
     table = jnp.pad(table, ((0, 0), (0, pad)))
     U_out = jnp.pad(U_out, ((0, 0), (0, pad)))
     pad_constant = pad * np.log(2.0)  # each zero-padded unit adds log 2cosh(0) = log 2

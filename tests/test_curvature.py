@@ -36,7 +36,7 @@ def test_max_eigenvalue_matches_exact_fisher(rng, method):
     np.testing.assert_allclose(ising.fisher(params), reference.ising_fisher(h, J), atol=2e-6)
 
 
-@pytest.mark.parametrize("method", ["power", "lanczos"])
+@pytest.mark.parametrize("method", [pytest.param("power", marks=pytest.mark.slow), "lanczos"])
 def test_max_eigenvalue_in_pytree_coordinates(rng, method):
     params, data, _, _ = _ising_problem(rng, n=5)
     lam, vec = curvature.max_eigenvalue(ising.nll, params, data, method=method, num_iters=300 if method == "power"
@@ -67,6 +67,7 @@ def test_smallest_eigenvalue_of_indefinite_hessian(x64):
         np.testing.assert_allclose(float(lo), -3.0, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_warm_started_reestimate_needs_few_hvps(rng):
     params, data, _, _ = _ising_problem(rng, n=8)
     lam, vec = curvature.max_eigenvalue(ising.nll, params, data, num_iters=500, tol=1e-7)

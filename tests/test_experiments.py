@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 # The quickest scripts run in the default suite; the rest are `slow` (CI runs them too).
-FAST = {"experiments.ch2_gaussian", "experiments.bench_enumeration", "experiments.ch2_ising"}
+FAST = {"experiments.bench_enumeration"}
 
 
 @pytest.mark.parametrize("module_name", [m if m in FAST else pytest.param(m, marks=pytest.mark.slow)

@@ -13,7 +13,8 @@ from tests.test_rbm import brute as rbm_brute
 
 
 @pytest.mark.parametrize("n, kwargs", [(10, {}), (11, dict(inner_bits=6, chunk_size=2)),
-                                       (9, dict(inner_bits=8, chunk_size=1)), (12, dict(inner_bits=9))])
+                                       pytest.param(9, dict(inner_bits=8, chunk_size=1), marks=pytest.mark.slow),
+                                       pytest.param(12, dict(inner_bits=9), marks=pytest.mark.slow)])
 def test_pairwise_kernel_log_z_and_moments_float32(rng, n, kwargs):
     h, J = random_couplings(rng, n, scale=0.6)
     want_z = reference.ising_log_z(h, J)
@@ -106,3 +107,29 @@ def test_engine_selection():
     with pytest.raises(ValueError, match="engine"):
         enumeration.pairwise_log_partition(np.zeros(3), np.zeros((3, 3)), engine="cuda")
     assert kernels.padded(3) == 16 and kernels.padded(16) == 16 and kernels.padded(17) == 32
+
+
+def _lower_for_gpu(fn, *args):
+    """Lowers ``fn`` for CUDA without a GPU: runs the Pallas -> Triton lowering of every kernel
+    (compiling the Triton IR to PTX still needs a GPU)."""
+    from jax import export
+
+    exported = export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=[
+        export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(*args)
+    return exported.mlir_module()
+
+
+@pytest.mark.parametrize("what", ["log_z", "moments", "grad", "rbm"])
+def test_kernels_lower_to_triton_for_gpu(what):
+    n = 18
+    h, J = jnp.zeros(n), jnp.zeros((n, n))
+    if what == "log_z":
+        module = _lower_for_gpu(lambda h, J: enumeration.pairwise_log_partition(h, J, engine="pallas"), h, J)
+    elif what == "moments":
+        module = _lower_for_gpu(lambda h, J: enumeration.pairwise_moments(h, J, engine="pallas"), h, J)
+    elif what == "grad":
+        module = _lower_for_gpu(jax.grad(lambda h, J: enumeration.pairwise_log_partition(h, J, engine="pallas")), h, J)
+    else:
+        params = rbm.init(jax.random.key(0), 784, 14)
+        module = _lower_for_gpu(lambda p: rbm.log_partition(p, engine="pallas"), params)
+    assert "xla.gpu.triton" in module

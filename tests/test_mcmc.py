@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 from jaxebm import ising, mcmc, rbm
 from jaxebm.ising import IsingParams
@@ -68,6 +69,7 @@ def test_blocked_fast_path_is_the_same_chain_as_the_generic_sweep(rng):
     np.testing.assert_allclose(state.log_weight, ising.log_weight(params, state.x), atol=1e-5)
 
 
+@pytest.mark.slow  # test_rbm checks block Gibbs against the exact distribution by TV
 def test_rbm_gibbs_matches_exact_moments(rng):
     params = rbm.RBMParams(jnp.asarray(rng.normal(size=(6, 4)) * 0.5, jnp.float32),
                            jnp.asarray(rng.normal(size=6) * 0.3, jnp.float32),
@@ -210,7 +212,8 @@ def test_run_chains_matches_a_vmap_of_run_chain(rng):
         mcmc.run_chains(jax.random.key(0), algo, algo.init(jnp.ones(8))._replace(log_weight=1.0), 4)
 
 
-@pytest.mark.parametrize("rule, block_size", [("metropolis", None), ("heat_bath", 3), ("metropolis", 5)])
+@pytest.mark.parametrize("rule, block_size", [("metropolis", None), ("heat_bath", 3),
+                                              pytest.param("metropolis", 5, marks=pytest.mark.slow)])
 def test_vmapped_chains_are_the_unbatched_chains(rng, rule, block_size):
     # Couplings on a dyadic grid make every field sum exact, so the batched rows layout (custom
     # vmap rule) must reproduce each single chain bit for bit.
@@ -229,10 +232,12 @@ def test_vmapped_chains_are_the_unbatched_chains(rng, rule, block_size):
     for beta_axis in (None, 0):  # one temperature, or one per chain (as in replica exchange)
         beta = 1.0 if beta_axis is None else betas
         batched = jax.jit(jax.vmap(run, in_axes=(0, 0, beta_axis)))(keys, x0, beta)
+        # lax.map runs the chains one after another, each through the unbatched code path
+        per_chain_beta = jnp.broadcast_to(jnp.asarray(beta, jnp.float32), (chains,))
+        single = jax.jit(lambda *a: lax.map(lambda b: run(*b), a))(keys, x0, per_chain_beta)
+        np.testing.assert_array_equal(batched[1][0], single[1][0])
+        np.testing.assert_array_equal(batched[1][1], single[1][1])
         for c in range(chains):
-            single = jax.jit(run)(keys[c], x0[c], beta if beta_axis is None else betas[c])
-            np.testing.assert_array_equal(batched[1][0][c], single[1][0])
-            np.testing.assert_array_equal(batched[1][1][c], single[1][1])
             np.testing.assert_allclose(batched[0].field[c], params.h + params.J @ batched[0].x[c], atol=1e-6)
     # one model per chain falls back to a plain vmap, with the same result
     hs = jnp.stack([params.h] * chains)
