@@ -1,13 +1,28 @@
 """jaxebm: a JAX functional research library for energy-based models.
 
 Submodules follow the chapters of the lecture notes ``notes/lecture-notes-2025-01.md``:
-``enumeration`` (exact ground truth), ``divergence`` and ``gaussian`` (ch. 1-2.4),
-``ising`` (ch. 2.5).
+``enumeration`` (exact ground truth) and ``kernels`` (its fused Pallas kernels),
+``divergence`` and ``gaussian`` (ch. 1-2.4), ``ising`` (ch. 2.5), ``curvature`` and ``optim``
+(ch. 2.6), ``gmm`` (ch. 3), ``rbm`` (ch. 4), ``mcmc`` (ch. 5-6), ``inverse`` (ch. 7).
 """
 
-from jaxebm import divergence, enumeration, gaussian, ising, types
+from jaxebm import (
+    curvature,
+    divergence,
+    enumeration,
+    gaussian,
+    gmm,
+    inverse,
+    ising,
+    kernels,
+    mcmc,
+    optim,
+    rbm,
+    types,
+)
 from jaxebm.ising import IsingParams
 
 __version__ = "0.1.0"
 
-__all__ = ["IsingParams", "divergence", "enumeration", "gaussian", "ising", "types", "__version__"]
+__all__ = ["IsingParams", "curvature", "divergence", "enumeration", "gaussian", "gmm", "inverse", "ising",
+           "kernels", "mcmc", "optim", "rbm", "types", "__version__"]

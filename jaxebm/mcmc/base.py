@@ -7,6 +7,7 @@ A sampler is ``SamplingAlgorithm(init, step)``: ``init(position) -> state`` and
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -96,6 +97,9 @@ def run_chains(key: PRNGKey, algorithm: SamplingAlgorithm, states, num_steps: in
 
     Returns:
       ``(final_states, traces)``, traces of shape ``(num_chains, num_steps // thin, ...)``.
+
+    The compiled program is cached on ``(algorithm, trace_fn, num_steps, thin, devices)``:
+    pass the same objects (not a fresh ``lambda``) to reuse it across calls.
     """
     leaves = jax.tree_util.tree_leaves(states)
     if not leaves or any(np.ndim(a) < 1 for a in leaves):
@@ -109,17 +113,8 @@ def run_chains(key: PRNGKey, algorithm: SamplingAlgorithm, states, num_steps: in
         raise ValueError(f"num_steps ({num_steps}) must be a positive multiple of thin * num_chunks "
                          f"({thin} * {num_chunks}).")
     steps = num_steps // num_chunks
-
-    def many(keys, states):
-        return jax.vmap(lambda k, s: run_chain(k, algorithm, s, steps, thin, trace_fn=trace_fn))(keys, states)
-
-    if len(devices) > 1:
-        from jax.sharding import Mesh, PartitionSpec
-
-        mesh = Mesh(np.asarray(devices), ("chains",))
-        spec = PartitionSpec("chains")
-        many = jax.shard_map(many, mesh=mesh, in_specs=(spec, spec), out_specs=spec, check_vma=False)
-    many = jax.jit(many)
+    many = functools.partial(_many_chains, algorithm=algorithm, num_steps=steps, thin=thin, trace_fn=trace_fn,
+                             devices=devices)
     traces = []
     for i, k in enumerate(jax.random.split(key, num_chunks)):
         states, trace = many(jax.random.split(k, num_chains), states)
@@ -129,3 +124,20 @@ def run_chains(key: PRNGKey, algorithm: SamplingAlgorithm, states, num_steps: in
     if num_chunks == 1:
         return states, traces[0]
     return states, jax.tree_util.tree_map(lambda *a: jax.numpy.concatenate(a, axis=1), *traces)
+
+
+@functools.partial(jax.jit, static_argnames=("algorithm", "num_steps", "thin", "trace_fn", "devices"))
+def _many_chains(keys, states, *, algorithm, num_steps, thin, trace_fn, devices):
+    """Jitted body of :func:`run_chains`; static arguments key the compilation cache, so calls
+    with the same algorithm object compile once."""
+
+    def many(keys, states):
+        return jax.vmap(lambda k, s: run_chain(k, algorithm, s, num_steps, thin, trace_fn=trace_fn))(keys, states)
+
+    if len(devices) > 1:
+        from jax.sharding import Mesh, PartitionSpec
+
+        mesh = Mesh(np.asarray(devices), ("chains",))
+        spec = PartitionSpec("chains")
+        many = jax.shard_map(many, mesh=mesh, in_specs=(spec, spec), out_specs=spec, check_vma=False)
+    return many(keys, states)
