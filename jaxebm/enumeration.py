@@ -26,6 +26,10 @@ split engine's inner block holds spins ``0 .. |B|-1`` (the low bits) and the chu
 supplies the high bits, so codes never need more than 32 bits per word, even beyond
 ``n = 32``.
 
+With ``engine="pallas"`` (chosen automatically on GPU) each chunk's rows are reduced by the
+fused kernel of :mod:`jaxebm.kernels`, so the ``(C, 2^{|B|})`` tile of log weights never
+reaches memory; the fold across chunks is the same.
+
 When several devices are visible, the chunk range is sharded across them with
 ``jax.shard_map``: each device generates its own codes and the partial results combine with
 a max-shifted ``psum``.
