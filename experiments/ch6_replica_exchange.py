@@ -128,6 +128,15 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
             ax.set_xlabel(name)
             ax.set_title(f"SK n={n}, beta={beta_model}")
             ax.legend(fontsize=7)
+        # traces of the overlap: the single chain never changes mode, the beta = 1 replica does
+        shown = min(3000, len(single_x))
+        axes[2].plot(single_x[:shown] @ np.asarray(x_star) / n, lw=0.6, label="single Metropolis chain")
+        axes[2].plot(results["tuned"]["x"][:shown] @ np.asarray(x_star) / n, lw=0.6, alpha=0.7,
+                     label="replica exchange (beta = 1 replica)")
+        axes[2].set_xlabel("sweep (after burn-in)")
+        axes[2].set_ylabel("overlap q / n")
+        axes[2].set_title("trace of the overlap with x*")
+        axes[2].legend(fontsize=7)
         axes = axes[1:]
         for label, r in results.items():
             axes[2].plot(r["rates"], "o-", label=f"{label} ladder ({r['round_trips']} round trips)")
