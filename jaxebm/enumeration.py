@@ -554,16 +554,19 @@ def _pairwise_pieces(h, J, plan: SplitPlan):
 
 def _chunk_outer(i, plan: SplitPlan, dtype):
     """Outer states of chunk ``i``: ``(2^chunk_bits, outer_bits)``."""
-    c, na = plan.chunk_bits, plan.outer_bits
-    codes = (jnp.asarray(i).astype(jnp.uint32) << c) | jnp.arange(2**c, dtype=jnp.uint32)
-    return _bits_to_spins(codes, na, dtype)
+    return _chunk_states(i, plan.outer_bits, plan.chunk_bits, dtype)
+
+
+def _outer_self_terms(outer, J_aa, h_a):
+    r""":math:`\tfrac12 x_A^\top J_{AA} x_A + h_A^\top x_A` for each outer state (row)."""
+    return 0.5 * jnp.sum(jnp.dot(outer, J_aa, precision=HIGHEST) * outer, axis=1) + jnp.dot(
+        outer, h_a, precision=HIGHEST)
 
 
 def _chunk_log_weights(i, ops, plan: SplitPlan, dtype):
     inner, f_inner, J_ab, J_aa, h_a = ops
     outer = _chunk_outer(i, plan, dtype)  # (C, na)
-    f_outer = 0.5 * jnp.sum(jnp.dot(outer, J_aa, precision=HIGHEST) * outer, axis=1) + jnp.dot(
-        outer, h_a, precision=HIGHEST)
+    f_outer = _outer_self_terms(outer, J_aa, h_a)
     cross = jnp.dot(jnp.dot(outer, J_ab, precision=HIGHEST), inner.T, precision=HIGHEST)
     return outer, cross + f_outer[:, None] + f_inner[None, :]  # (C, 2^nb)
 
@@ -615,11 +618,11 @@ def _pairwise_fold_pallas(ops, plan: SplitPlan, devices: tuple, with_moments: bo
     def chunk_step(i, fold, ops):
         inner_t, f_inner, J_ab, J_aa, h_a = ops
         outer = _chunk_outer(i, plan, dtype)  # (C, na)
-        f_outer = 0.5 * jnp.sum(jnp.dot(outer, J_aa, precision=HIGHEST) * outer, axis=1) + jnp.dot(
-            outer, h_a, precision=HIGHEST)
+        f_outer = _outer_self_terms(outer, J_aa, h_a)
         u = jnp.dot(outer, J_ab, precision=HIGHEST)  # (C, K)
         if not with_moments:
-            return _fold_update(fold, kernels.pairwise_rows(u, f_outer, inner_t, f_inner), lambda P: ())
+            return _fold_update(fold, kernels.pairwise_rows(u, f_outer, inner_t, f_inner, tile_inner=tb),
+                                lambda P: ())
         log_rows, inner_mean, cols, shifts = kernels.pairwise_rows(u, f_outer, inner_t, f_inner,
                                                                    with_moments=True, tile_inner=tb)
         shift = _safe_shift(jnp.maximum(fold.m, jnp.max(log_rows)))  # as in _fold_update

@@ -252,8 +252,7 @@ def _fold(params: RBMParams, plan: _Plan, with_moments: bool, engine: str = "xla
 
     def chunk_step(i, fold, ops):
         table, f_inner, U_out, s_out = ops
-        codes = (jnp.asarray(i).astype(jnp.uint32) << chunk) | jnp.arange(2**chunk, dtype=jnp.uint32)
-        out_states = enumeration.spins(codes, outer, dtype)  # (C, outer)
+        out_states = enumeration._chunk_states(i, outer, chunk, dtype)  # (C, outer)
         out_field = jnp.dot(out_states, U_out, precision=HIGHEST)  # (C, other)
         A = out_field[:, None, :] + table[None, :, :]  # (C, 2^in, other)
         L = _sum_log2cosh(A) + f_inner[None, :] + jnp.dot(out_states, s_out, precision=HIGHEST)[:, None]
@@ -296,8 +295,7 @@ def _fold_pallas(table, f_inner, U_out, s_out, plan: _Plan, dtype):
 
     def chunk_step(i, fold, ops):
         table, f_inner, U_out, s_out = ops
-        codes = (jnp.asarray(i).astype(jnp.uint32) << chunk) | jnp.arange(2**chunk, dtype=jnp.uint32)
-        out_states = enumeration.spins(codes, outer, dtype)
+        out_states = enumeration._chunk_states(i, outer, chunk, dtype)
         out_field = jnp.dot(out_states, U_out, precision=HIGHEST)
         f_out = jnp.dot(out_states, s_out, precision=HIGHEST) - pad_constant
         rows = kernels.rbm_rows(out_field, f_out, table, f_inner, tile_units=tile_units)
