@@ -124,6 +124,9 @@ def pairwise_rows(u, f_outer, inner_t, f_inner, *, with_moments: bool = False,
                   tile_rows: int = TILE_ROWS, tile_inner: int = TILE_INNER, interpret: bool | None = None):
     r"""Row log-sum-exps of :math:`L_{ij} = u_i \cdot s_j + f^A_i + f^B_j` over inner states ``j``.
 
+    With :math:`u_i = J_{AB}^\top x_{A,i}` these are the split terms of the Ising log weight
+    :math:`\tfrac12 x^\top J x + h^\top x` (Eq. (2.28)); summing the rows gives Eq. (2.29).
+
     Args:
       u: ``(C, K)`` cross coefficients of ``C`` outer states (``K`` a multiple of 16, zero-padded).
       f_outer: ``(C,)`` outer self terms.
@@ -209,6 +212,9 @@ def _rbm_kernel(field_ref, fo_ref, table_ref, fi_ref, out_ref, *, tile_inner, nu
 def rbm_rows(out_field, f_outer, table, f_inner, *, tile_rows: int = 4, tile_inner: int = 64,
              tile_units: int = RBM_TILE_UNITS, interpret: bool | None = None):
     r"""Row log-sum-exps of :math:`L_{ij} = \sum_k \log 2\cosh(a_{ik} + t_{jk}) + f^A_i + f^B_j`.
+
+    These are the marginal log weights of the enumerated RBM layer (Eq. (4.81)-(4.82)), split
+    into outer and inner parts; summing the rows gives :math:`\log Z` (Eq. (4.80)).
 
     Args:
       out_field: ``(C, V)`` pre-activations of the other layer from ``C`` outer states.
