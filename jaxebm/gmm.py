@@ -44,7 +44,7 @@ import numpy as np
 from jax import lax
 from jax.scipy.linalg import solve_triangular
 
-from jaxebm._validation import check_finite, check_ndim, is_concrete
+from jaxebm._validation import ConvergenceWarning, check_finite, check_ndim, is_concrete
 from jaxebm.types import Array, ArrayLike, PRNGKey
 
 HIGHEST = lax.Precision.HIGHEST
@@ -75,10 +75,6 @@ __all__ = [
     "sample",
     "validate_params",
 ]
-
-
-class ConvergenceWarning(UserWarning):
-    """EM stopped at ``max_iter`` before the change in mean log-likelihood fell below ``tol``."""
 
 
 @dataclasses.dataclass(frozen=True)
