@@ -3,6 +3,10 @@ moments, on whatever backend runs it; float32 accuracy against float64 at N <= 2
 float64 brute force (chunked, BLAS) side by side up to N = 22. On GPU both engines (fused
 Pallas kernel and XLA) are timed.
 
+Checks (no speed claims): log Z agrees with the NumPy float64 peer, and float32 log Z and
+moments agree with float64, to about ten float32 ulps (relative 1e-6 for log Z, 1e-5
+absolute for moments in [-1, 1]).
+
     python -m experiments.bench_enumeration [--smoke] [--sizes 20 24 28 30 32] [--out DIR]
 """
 
@@ -25,6 +29,8 @@ FULL_SIZES = (16, 20, 24, 26, 28, 30, 32)
 SMOKE_SIZES = (12, 16, 20)
 MOMENT_MAX_N = 30
 NUMPY_MAX_N = 22
+LOG_Z_RTOL = 1e-6  # about ten float32 ulps (eps 1.2e-7)
+MOMENTS_ATOL = 1e-5
 
 
 def numpy_log_z(h, J, chunk_bits: int = 16) -> float:
@@ -95,10 +101,8 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0, sizes=None) -> dic
                      f"{record.get('speedup_vs_numpy', float('nan')):.0f}x"])
         print(f"N={n}: log Z {t_z:.4f}s ({2**n / t_z:.3g} states/s)", flush=True)
 
-    figures = []
-    plt = common.pyplot()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = common.Figures(out_dir)
+    plt = figures.plt
     if plt is not None:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         ns = [r["n"] for r in records]
@@ -113,24 +117,36 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0, sizes=None) -> dic
         axes[1].set_ylabel("states / s (log Z)")
         backend = jax.default_backend()
         fig.suptitle(f"split enumeration on {backend} ({jax.devices()[0].device_kind})")
-        figures.append(common.save_figure(fig, out_dir, "enumeration_scaling.png"))
+        figures.save(fig, "enumeration_scaling.png")
     summary = common.markdown_table(
         ["N", "log Z s", "states/s", "moments s", "moments / log Z", "f32 vs f64 rel err", "NumPy f64 s",
          "vs NumPy"], rows) + f"\n\nEngine: {kernels.resolve(None)} on {jax.default_backend()}."
     config = {"sizes": list(sizes), "repeats": repeats, "model": "dense SK, beta=1, h~N(0,0.1^2)",
               "precision": "HIGHEST", "dtype": "float32"}
     return common.write_results(out_dir, NAME, seed=seed, smoke=smoke, config=config,
-                                metrics={"runs": records}, figures=figures, summary=summary, title=TITLE)
+                                metrics={"runs": records}, figures=figures.names, summary=summary, title=TITLE,
+                                checks=_checks(records))
+
+
+def _checks(records):
+    checks = []
+    for key, what, tol in (("numpy_vs_jaxebm_log_z_rel_diff", "log Z agrees with the NumPy float64 brute force "
+                            f"(relative difference <= {LOG_Z_RTOL:g})", LOG_Z_RTOL),
+                           ("f32_vs_f64_log_z_rel_err", f"float32 log Z agrees with float64 (relative error <= "
+                            f"{LOG_Z_RTOL:g})", LOG_Z_RTOL),
+                           ("f32_vs_f64_moments_max_abs_err", f"float32 moments agree with float64 (largest error <= "
+                            f"{MOMENTS_ATOL:g})", MOMENTS_ATOL)):
+        compared = [r for r in records if key in r]
+        if compared:
+            worst = max(r[key] for r in compared)
+            checks.append(common.check(f"{what}, N = {', '.join(str(r['n']) for r in compared)}", worst, worst <= tol))
+    return checks
 
 
 def main(argv=None):
-    parser = common.make_parser(NAME, TITLE)
-    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="N values to time")
-    args = parser.parse_args(argv)
-    record = run(args.out, smoke=args.smoke, seed=args.seed, sizes=args.sizes)
-    print(record["summary"])
-    return record
+    return common.run_main(sys.modules[__name__], argv,
+                           sizes={"type": int, "nargs": "+", "default": None, "help": "N values to time"})
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    sys.exit(common.exit_status(main()))

@@ -76,10 +76,8 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
     for chains in ((1, 10, 100) if smoke else (1, 10, 100, 1000, 10000)):
         sweeps = max(2, int(5e6 // (chains * 64 * 64)) + 1)
         scaling.append({"chains": chains, "updates_per_s": jax_rate(params, chains, sweeps, repeats)})
-    figures = []
-    plt = common.pyplot()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = common.Figures(out_dir)
+    plt = figures.plt
     if plt is not None:
         fig, ax = plt.subplots(figsize=(5, 4))
         c = np.array([s["chains"] for s in scaling])
@@ -90,13 +88,13 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
         ax.set_ylabel("spin updates / s")
         ax.set_title(f"Metropolis, dense n=64, {jax.default_backend()}")
         ax.legend()
-        figures.append(common.save_figure(fig, out_dir, "mcmc_scaling.png"))
+        figures.save(fig, "mcmc_scaling.png")
     summary = (common.markdown_table(["n", "chains", "jaxebm updates/s", "NumPy updates/s", "speedup"], rows)
                + "\n\nChain-parallel scaling at n = 64: "
                + ", ".join(f"{s['chains']}: {s['updates_per_s']:.3g}/s" for s in scaling)
                + f". Backend {jax.default_backend()} ({jax.devices()[0].device_kind}).")
     return common.write_results(out_dir, NAME, seed=seed, smoke=smoke, config={"sizes": sizes, "chains": chain_counts},
-                                metrics={"throughput": records, "scaling": scaling}, figures=figures,
+                                metrics={"throughput": records, "scaling": scaling}, figures=figures.names,
                                 summary=summary, title=TITLE)
 
 
@@ -105,4 +103,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(common.exit_status(main()))

@@ -136,13 +136,9 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0, large: bool = Fals
 
 
 def main(argv=None):
-    parser = common.make_parser(NAME, TITLE)
-    parser.add_argument("--large", action="store_true", help="also 784x28 and 784x32 (GPU sizes)")
-    args = parser.parse_args(argv)
-    record = run(args.out, smoke=args.smoke, seed=args.seed, large=args.large)
-    print(record["summary"])
-    return record
+    return common.run_main(sys.modules[__name__], argv,
+                           large={"action": "store_true", "help": "also 784x28 and 784x32 (GPU sizes)"})
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    sys.exit(common.exit_status(main()))

@@ -4,6 +4,10 @@
   gradient descent on the KL to the data (Eq. (2.14), (2.25)) with optax;
 * the exact KL from the true Gaussian to each fit;
 * the derivative formulas of ``notes/gaussian-derivatives.md`` against autodiff.
+
+Checks: gradient descent reaches the MLE (within a tenth of the MLE's own standard error);
+the KL from the truth to the MLE is at the sampling scale (2N KL ~ chi^2 with one degree of
+freedom per parameter); the derivative formulas agree with autodiff to float32 round-off.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import optax
 
 from experiments import common
 from jaxebm import gaussian
+
+DERIVATIVE_RTOL = 1e-4  # float32 round-off (eps 1.2e-7) amplified by at most ~1e3
 
 NAME = "ch2_gaussian"
 TITLE = "Chapter 2.2-2.4: Gaussian MLE as KL minimisation"
@@ -63,6 +69,10 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
         "mle_mean": float(mle_mean1), "mle_var": float(mle_var1),
         "gd_mean": float(gd_mean1[0]), "gd_var": float(gd_cov1[0, 0]),
         "gd_minus_mle_max_abs": float(max(abs(gd_mean1[0] - mle_mean1), abs(gd_cov1[0, 0] - mle_var1))),
+        # standard errors of the MLE: sqrt(var / N) for the mean, var sqrt(2 / N) for the variance
+        "gd_minus_mle_max_in_standard_errors": float(max(
+            abs(gd_mean1[0] - mle_mean1) / np.sqrt(mle_var1 / num),
+            abs(gd_cov1[0, 0] - mle_var1) / (mle_var1 * np.sqrt(2.0 / num)))),
         "kl_true_to_mle": float(gaussian.kl(true_mean1, true_var1, mle_mean1, mle_var1)),
         "kl_to_data_at_mle": float(gaussian.kl_to_data(x1, mle_mean1, mle_var1)),
         "kl_to_data_at_gd": float(hist1[-1]),
@@ -83,6 +93,11 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
         "mle_cov_error": float(jnp.max(jnp.abs(mle_cov - true_cov))),
         "gd_minus_mle_max_abs": float(max(jnp.max(jnp.abs(gd_mean - mle_mean)),
                                           jnp.max(jnp.abs(gd_cov - mle_cov)))),
+        # standard errors sqrt(S_ii / N) of the means, sqrt((S_ii S_jj + S_ij^2) / N) of the covariances
+        "gd_minus_mle_max_in_standard_errors": float(max(
+            jnp.max(jnp.abs(gd_mean - mle_mean) / jnp.sqrt(jnp.diag(mle_cov) / num)),
+            jnp.max(jnp.abs(gd_cov - mle_cov) / jnp.sqrt((jnp.outer(jnp.diag(mle_cov), jnp.diag(mle_cov))
+                                                            + mle_cov**2) / num)))),
         "kl_true_to_mle": float(gaussian.kl(true_mean, true_cov, mle_mean, mle_cov)),
         "kl_true_to_gd": float(gaussian.kl(true_mean, true_cov, gd_mean, gd_cov)),
     }
@@ -103,10 +118,8 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
         "dN/dSigma closed vs symmetrised autodiff (max rel)": rel(closed_cov, auto_cov),
     }
 
-    figures: list[str] = []
-    plt = common.pyplot()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = common.Figures(out_dir)
+    plt = figures.plt
     if plt is not None:
         fig, axes = plt.subplots(1, 3, figsize=(14, 4))
         grid = np.linspace(float(x1.min()) - 0.5, float(x1.max()) + 0.5, 400)
@@ -131,7 +144,7 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
         dens = gaussian.pdf(pts, mle_mean[:2], mle_cov[:2, :2]).reshape(gx.shape)
         axes[2].contour(gx, gy, np.asarray(dens), levels=6)
         axes[2].set_title("multivariate MLE (2.26)-(2.27), first two axes")
-        figures.append(common.save_figure(fig, out_dir, "gaussian_fits.png"))
+        figures.save(fig, "gaussian_fits.png")
 
     rows = [
         ["1-D", metrics["1d"]["gd_minus_mle_max_abs"], metrics["1d"]["kl_true_to_mle"]],
@@ -145,7 +158,25 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
     )
     config = {"num_samples": num, "adam_steps": steps, "learning_rate": 0.05}
     return common.write_results(out_dir, NAME, seed=seed, smoke=smoke, config=config, metrics=metrics,
-                                figures=figures, summary=summary, title=TITLE)
+                                figures=figures.names, summary=summary, title=TITLE,
+                                checks=_checks(metrics, num))
+
+
+def _checks(metrics, num):
+    checks = []
+    d = metrics["multivariate"]["d"]
+    # degrees of freedom = parameters: mean and variance in 1-D; d means and d(d+1)/2 covariances
+    for label, m, dof in (("1-D", metrics["1d"], 2), (f"{d}-D", metrics["multivariate"], d * (d + 3) // 2)):
+        gap = m["gd_minus_mle_max_in_standard_errors"]
+        checks.append(common.check(f"{label}: gradient descent on the KL reaches the closed-form MLE "
+                                   "(max |GD - MLE| <= 0.1 standard errors of the MLE)", gap, gap <= 0.1))
+        scaled = 2 * num * m["kl_true_to_mle"]
+        bound = common.chi_square_bound(dof)
+        checks.append(common.check(f"{label}: KL(truth || MLE) at the sampling scale (2N KL <= {bound:.1f}, "
+                                   f"chi^2 with {dof} dof + 5 sd)", scaled, scaled <= bound))
+    for name, rel in metrics["derivatives"].items():
+        checks.append(common.check(f"derivative formula {name} <= {DERIVATIVE_RTOL:g}", rel, rel <= DERIVATIVE_RTOL))
+    return checks
 
 
 def main(argv=None):
@@ -153,4 +184,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(common.exit_status(main()))

@@ -6,6 +6,11 @@
 * The moment-matching residual (Eq. (2.31)-(2.32)) falls to ~1e-6.
 * The parameter error falls with the sample size M (like 1/sqrt(M)).
 * The exact KL(truth || learned) by enumeration.
+
+Checks: the residual is below 1e-5 (order 1e-6) at every M; the slope of log J-RMSE
+against log M is -1/2 within four standard deviations of its sampling error (an RMSE over K
+couplings has relative error about 1/sqrt(2K)); 2M KL(truth || learned) is at the scale of a
+chi^2 with one degree of freedom per parameter, as for the maximum-likelihood estimate.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ import numpy as np
 
 from experiments import common
 from jaxebm import curvature, ising
+from jaxebm import data as datasets
+
+RESIDUAL_BOUND = 1e-5  # "falls to ~1e-6": within an order of magnitude
 
 NAME = "ch2_ising"
 TITLE = "Chapter 2.5-2.6: learning an Ising Boltzmann machine exactly"
@@ -42,7 +50,7 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
     iu = np.triu_indices(n, 1)
     runs, curves = [], {}
     for num in sample_sizes:
-        data = ising.sample_exact(jax.random.fold_in(key_data, num), truth, num)
+        data = datasets.exact_ising_samples(jax.random.fold_in(key_data, num), truth, num)
         start_time = time.perf_counter()
         learned, _, history = jax.block_until_ready(learn(data))
         seconds = time.perf_counter() - start_time
@@ -67,10 +75,8 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
     for r in runs:
         del r["kl_truth_to_empirical_ml_limit"]
 
-    figures = []
-    plt = common.pyplot()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = common.Figures(out_dir)
+    plt = figures.plt
     if plt is not None:
         fig, axes = plt.subplots(1, 3, figsize=(15, 4))
         for num, res in curves.items():
@@ -89,7 +95,7 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
         axes[2].set_xlabel("samples M")
         axes[2].set_ylabel("exact KL(truth || learned), nats")
         fig.suptitle(f"SK model n={n}, beta={beta}: exact learning with the Hessian rule")
-        figures.append(common.save_figure(fig, out_dir, "ising_learning.png"))
+        figures.save(fig, "ising_learning.png")
 
     table = common.markdown_table(
         ["M", "moment residual", "J RMSE", "h RMSE", "exact KL(truth to learned)"],
@@ -100,7 +106,28 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
     config = {"n": n, "beta": beta, "field_std": field_std, "sample_sizes": list(sample_sizes),
               "num_steps": num_steps, "optimizer": "hessian_bounded_sgd(safety=1, every=1)"}
     return common.write_results(out_dir, NAME, seed=seed, smoke=smoke, config=config, metrics={"runs": runs},
-                                figures=figures, summary=summary, title=TITLE)
+                                figures=figures.names, summary=summary, title=TITLE, checks=_checks(runs, n))
+
+
+def _checks(runs, n):
+    residual = max(r["final_moment_residual"] for r in runs)
+    checks = [common.check(f"the moment residual (2.31)-(2.32) falls to ~1e-6 (<= {RESIDUAL_BOUND:g}) at every M",
+                           residual, residual <= RESIDUAL_BOUND, smoke=False)]  # smoke: 300 steps, not converged
+    # least-squares slope of log10 J-RMSE on log10 M; each log10 RMSE over K couplings has
+    # standard deviation about 1 / (sqrt(2K) ln 10)
+    log_m = np.log10([r["num_samples"] for r in runs])
+    log_rmse = np.log10([r["J_rmse"] for r in runs])
+    slope = float(np.polyfit(log_m, log_rmse, 1)[0])
+    couplings = n * (n - 1) // 2
+    slope_sd = 1.0 / (np.sqrt(2 * couplings) * np.log(10) * np.sqrt(np.sum((log_m - log_m.mean()) ** 2)))
+    checks.append(common.check(f"the J error falls like 1/sqrt(M): slope of log J-RMSE vs log M is -0.5 "
+                               f"+- {4 * slope_sd:.2f} (4 sd)", slope, abs(slope + 0.5) <= 4 * slope_sd))
+    dof = n * (n + 1) // 2
+    bound = common.chi_square_bound(dof)
+    scaled = [2 * r["num_samples"] * r["kl_truth_to_learned"] for r in runs]
+    checks.append(common.check(f"exact KL(truth || learned) at the sampling scale of the MLE at every M "
+                               f"(2M KL <= {bound:.0f}: chi^2 with {dof} dof + 5 sd)", scaled, max(scaled) <= bound))
+    return checks
 
 
 def main(argv=None):
@@ -108,4 +135,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(common.exit_status(main()))

@@ -7,6 +7,12 @@
   each step (and every 10 steps), and a hand-tuned Adam; with the per-step overhead of
   ``hessian_bounded_sgd`` over plain ``optax.sgd`` and the HVPs per re-estimate.
 * A 1-D slice of f and its surrogate (2.40) at theta_0.
+
+Checks: on the quadratic, exactly the multipliers above 2 diverge, and power iteration finds
+the exact lambda_max; on the Ising nll, lambda_max grows from theta_0 to the optimum, so
+fixed steps c / lambda_max(theta_0) with c >= 0.5 stop descending, while the nll never rises
+under the global bound nor under the local rule re-estimated each step; warm-started
+re-estimates mostly take at most 5 HVPs; the surrogate with eta = 1/L lies above f.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import optax
 
 from experiments import common
 from jaxebm import curvature, gaussian, ising, optim
+from jaxebm import data as datasets
 
 NAME = "ch2_learning_rate"
 TITLE = "Chapter 2.6: the learning-rate rule eta <= 1/lambda_max"
@@ -51,7 +58,7 @@ def gaussian_sweep(key, steps):
 def ising_problem(key, n, num):
     k_model, k_data, k_init = jax.random.split(key, 3)
     truth = ising.sherrington_kirkpatrick(k_model, n, beta=0.8, field_std=0.3)
-    data = ising.sample_exact(k_data, truth, num)
+    data = datasets.exact_ising_samples(k_data, truth, num)
     mean, corr = ising.data_moments(data)
     # near-independent start: the curvature grows ~5x on the way to the optimum
     start = ising.init(k_init, n, scale=0.01)
@@ -150,10 +157,12 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
                                             "max_after_first_10_percent": int(hvps[max(1, len(hvps) // 10):].max())},
     }
 
-    figures = []
-    plt = common.pyplot()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    surrogate = _surrogate_slice(loss, start, mean, corr, L)
+    f_scale = 1.0 + float(np.max(np.abs(surrogate["f"])))
+    metrics["surrogate_global_bound_min_gap"] = float(np.min(surrogate["surrogates"][0][2] - surrogate["f"]))
+
+    figures = common.Figures(out_dir)
+    plt = figures.plt
     if plt is not None:
         fig, axes = plt.subplots(2, 2, figsize=(12, 8))
         for c, curve in zip(MULTIPLIERS, gauss_gaps):
@@ -173,8 +182,8 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
         axes[1, 0].set_xlabel("step")
         axes[1, 0].set_ylabel("nll - nll*")
         axes[1, 0].legend(fontsize=7)
-        _surrogate_panel(axes[1, 1], loss, start, mean, corr, L)
-        figures.append(common.save_figure(fig, out_dir, "learning_rate.png"))
+        _surrogate_panel(axes[1, 1], surrogate)
+        figures.save(fig, "learning_rate.png")
 
     sweep_rows = [[c, "diverges" if d else f"{g:.1e}", f"{li:.4f}", "yes" if mono else "no"]
                   for c, g, d, li, mono in zip(MULTIPLIERS, sweep["gaussian_final_gap"], sweep["gaussian_diverged"],
@@ -201,15 +210,47 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
     config = {"gaussian_steps": steps, "ising_n": n, "ising_steps": ising_steps, "ising_samples": 5000,
               "adam_lrs": [float(a) for a in adam_lrs], "timing_steps": timing_steps}
     return common.write_results(out_dir, NAME, seed=seed, smoke=smoke, config=config, metrics=metrics,
-                                figures=figures, summary=summary, title=TITLE)
+                                figures=figures.names, summary=summary, title=TITLE,
+                                checks=_checks(metrics, f_scale))
+
+
+def _checks(metrics, f_scale):
+    sweep = metrics["sweep"]
+    diverged = [c for c, d in zip(MULTIPLIERS, sweep["gaussian_diverged"]) if d]
+    checks = [common.check("quadratic (Gaussian KL in mu): gradient descent diverges exactly for eta * lambda > 2",
+                           diverged, diverged == [c for c in MULTIPLIERS if c > 2])]
+    rel = abs(sweep["gaussian_lambda_max_power"] / sweep["gaussian_lambda_max_exact"] - 1)
+    checks.append(common.check("power iteration finds the exact lambda_max of the quadratic (relative error <= 1e-4)",
+                               rel, rel <= 1e-4))
+    growth = sweep["ising_lambda_max_at_optimum"] / sweep["ising_lambda_max_at_start"]
+    checks.append(common.check("Ising nll: lambda_max grows from theta_0 to the optimum (ratio > 1), so a fixed "
+                               "eta = c / lambda_max(theta_0) is no guarantee", growth, growth > 1))
+    not_monotone = [c for c, mono in zip(MULTIPLIERS, sweep["ising_monotone"]) if not mono]
+    # smoke (n = 6, 60 steps): lambda_max grows too little for c = 0.5 to overshoot
+    checks.append(common.check("Ising nll: fixed steps with eta * lambda_max(theta_0) >= 0.5 stop descending "
+                               "(multipliers whose nll rose)", not_monotone,
+                               all(c in not_monotone for c in MULTIPLIERS if c >= 0.5), smoke=False))
+    for name in ("global bound eta = 1/L", "local 1/lambda_max, every=1"):
+        rises = metrics["methods_loss_increases"][name]
+        checks.append(common.check(f"Ising nll never rises under the {name} rule (steps where it rose)", rises,
+                                   rises == 0))
+    hvps = metrics["hvps_per_reestimate_after_first"]["fraction_at_most_5"]
+    checks.append(common.check("warm-started lambda_max re-estimates (every=1) take at most 5 HVPs in >= 95% of steps",
+                               hvps, hvps >= 0.95))
+    gap = metrics["surrogate_global_bound_min_gap"]
+    tol = 1e-5 * f_scale  # float32 round-off of f and of the surrogate
+    checks.append(common.check("the surrogate (2.40) with eta = 1/L lies above f along the slice (min of "
+                               "surrogate - f)", gap, gap >= -tol))
+    return checks
 
 
 def _hvp_metric(params, value, grads, opt_state):
     return optax.tree_utils.tree_get(opt_state, "num_hvps")
 
 
-def _surrogate_panel(ax, loss, start, mean, corr, L):
-    """f(theta0 - t g/|g|) and the surrogates (2.40) for eta = 1/L and eta = 1/lambda_local."""
+def _surrogate_slice(loss, start, mean, corr, L):
+    """f(theta0 - t g/|g|) and the surrogates (2.40) for eta = 1/L and eta = 1/lambda_local,
+    along ``ts``."""
     f = lambda p: loss(p, mean, corr)  # noqa: E731
     g = jax.grad(f)(start)
     gnorm = jnp.sqrt(sum(jnp.vdot(x, x) for x in jax.tree_util.tree_leaves(g)))
@@ -218,12 +259,18 @@ def _surrogate_panel(ax, loss, start, mean, corr, L):
     ts = jnp.linspace(-0.5, 2.5 / float(lam) * float(gnorm), 120)
     along = jax.jit(jax.vmap(lambda t: jax.tree_util.tree_map(lambda p, d: p + t * d, start, direction)))(ts)
     f_vals = jax.jit(jax.vmap(f))(along)
-    ax.plot(ts, f_vals, "k", lw=2, label="f along -grad")
     etas = [(1.0 / L, "surrogate, eta = 1/L (global)"), (1.0 / float(lam), "surrogate, eta = 1/lambda(theta0)")]
-    for eta, label in etas:
-        s = curvature.surrogate(f, start, eta)
-        ax.plot(ts, jax.vmap(s)(along), "--", label=label)
-        ax.axvline(eta * float(gnorm), color="gray", lw=0.6)
+    surrogates = [(eta, label, np.asarray(jax.vmap(curvature.surrogate(f, start, eta))(along)))
+                  for eta, label in etas]
+    return {"ts": np.asarray(ts), "f": np.asarray(f_vals), "surrogates": surrogates, "gnorm": float(gnorm)}
+
+
+def _surrogate_panel(ax, surrogate):
+    ts, f_vals = surrogate["ts"], surrogate["f"]
+    ax.plot(ts, f_vals, "k", lw=2, label="f along -grad")
+    for eta, label, values in surrogate["surrogates"]:
+        ax.plot(ts, values, "--", label=label)
+        ax.axvline(eta * surrogate["gnorm"], color="gray", lw=0.6)
     ax.set_ylim(float(f_vals.min()) - 0.05, float(f_vals.max()) + 0.3)
     ax.set_xlabel("distance t along -grad f(theta0)")
     ax.set_title("f and its surrogate (2.40) at theta0")
@@ -235,4 +282,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(common.exit_status(main()))

@@ -8,6 +8,10 @@ likelihood throughout training.
   log-likelihood never decreases), plus
   scikit-learn's BernoulliRBM with comparable settings, scored exactly via ``from_binary``.
 * Samples as digit images, and a table of final exact test log-likelihoods.
+
+Checks: generalised EM's exact train log-likelihood never decreases (to float32 round-off);
+every method, scikit-learn's included, raises the exact test log-likelihood above that of
+its starting point.
 """
 
 from __future__ import annotations
@@ -23,20 +27,13 @@ import optax
 
 from experiments import common
 from jaxebm import curvature, rbm
+from jaxebm import data as datasets
 
 NAME = "ch4_rbm"
 TITLE = "Chapter 4: +-1 RBMs on digits, scored by the exact likelihood"
 
 METHODS = ("CD-1", "CD-10", "PCD-1", "exact gradient", "generalised EM")
-
-
-def load_digits_pm1(seed):
-    from sklearn.datasets import load_digits
-
-    X = np.where(load_digits().data > 7, 1.0, -1.0).astype(np.float32)
-    perm = np.random.default_rng(seed).permutation(len(X))
-    cut = int(0.8 * len(X))
-    return X[perm[:cut]], X[perm[cut:]]
+ROUNDOFF = 1e-6  # relative float32 round-off of an exact mean log-likelihood (log Z in float32)
 
 
 def _eval(params, train, test):
@@ -115,7 +112,8 @@ def sklearn_curve(train, test, n_hidden, num_evals, every, batch, lr, seed):
 
 
 def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
-    train_np, test_np = load_digits_pm1(seed)
+    digits, _ = datasets.digits()
+    train_np, test_np = datasets.train_test_split(digits, train_fraction=0.8, seed=seed)
     train, test = jnp.asarray(train_np), jnp.asarray(test_np)
     hidden_sizes = (8,) if smoke else (8, 16, 20)
     num_evals, every = (4, 10) if smoke else (20, 25)
@@ -133,18 +131,20 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
             seconds = time.perf_counter() - start
             curves[(nh, method)] = (np.asarray(tr), np.asarray(te))
             results[f"nh={nh} {method}"] = {"train_ll": float(tr[-1]), "test_ll": float(te[-1]),
-                                            "seconds_incl_compile": seconds}
+                                            "test_ll_start": float(te[0]), "seconds_incl_compile": seconds}
             # the exact train log-likelihood should rise at every evaluation for full-batch methods
             results[f"nh={nh} {method}"]["largest_train_ll_drop"] = float(max(0.0, -np.min(np.diff(np.asarray(tr)))))
             if method == "generalised EM":
                 results[f"nh={nh} {method}"]["train_ll_non_decreasing"] = bool(np.all(np.diff(np.asarray(tr)) >= -1e-5))
+                results[f"nh={nh} {method}"]["smallest_train_ll_change"] = float(np.min(np.diff(np.asarray(tr))))
             if best is None or float(te[-1]) > best[0]:
                 best = (float(te[-1]), nh, method, params)
             print(f"  nh={nh} {method}: test {float(te[-1]):.3f} ({seconds:.1f}s)", flush=True)
         sk_curve, _ = sklearn_curve(train_np, test_np, nh, num_evals, every, batch, 0.05, seed)
         curves[(nh, "scikit-learn BernoulliRBM")] = (sk_curve[:, 0], sk_curve[:, 1])
         results[f"nh={nh} scikit-learn BernoulliRBM"] = {"train_ll": float(sk_curve[-1, 0]),
-                                                         "test_ll": float(sk_curve[-1, 1])}
+                                                         "test_ll": float(sk_curve[-1, 1]),
+                                                         "test_ll_start": float(sk_curve[0, 1])}
 
     # samples from the best model: long block-Gibbs chains
     _, nh_best, method_best, params_best = best
@@ -155,10 +155,8 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
 
     samples = jax.jit(lambda x: jax.lax.scan(sweep, x, jax.random.split(jax.random.key(seed + 2), 1000))[0])(chains)
 
-    figures = []
-    plt = common.pyplot()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = common.Figures(out_dir)
+    plt = figures.plt
     steps = np.arange(num_evals + 1) * every
     if plt is not None:
         fig, axes = plt.subplots(1, len(hidden_sizes), figsize=(6 * len(hidden_sizes), 4.5), squeeze=False)
@@ -170,13 +168,13 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
             ax.set_title(f"n_hidden = {nh}: exact test (solid) / train (dotted) log-lik")
             ax.set_xlabel("parameter updates")
             ax.legend(fontsize=7)
-        figures.append(common.save_figure(fig, out_dir, "rbm_curves.png"))
+        figures.save(fig, "rbm_curves.png")
         fig, axes = plt.subplots(2, 8, figsize=(10, 2.8))
         for ax, img in zip(axes.ravel(), np.asarray(samples)):
             ax.imshow(img.reshape(8, 8), cmap="gray_r")
             ax.axis("off")
         fig.suptitle(f"block-Gibbs samples (1000 sweeps), nh={nh_best}, {method_best}")
-        figures.append(common.save_figure(fig, out_dir, "rbm_samples.png"))
+        figures.save(fig, "rbm_samples.png")
 
     rows = [[name, f"{r['train_ll']:.3f}", f"{r['test_ll']:.3f}"] for name, r in results.items()]
     summary = (f"Digits binarised to +-1 ({train.shape[0]} train / {test.shape[0]} test), {num_evals * every} updates "
@@ -195,7 +193,22 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
     config = {"hidden_sizes": list(hidden_sizes), "num_evals": num_evals, "every": every, "batch": batch, "lr": lr,
               "sklearn_learning_rate": 0.05}
     return common.write_results(out_dir, NAME, seed=seed, smoke=smoke, config=config, metrics=results,
-                                figures=figures, summary=summary, title=TITLE)
+                                figures=figures.names, summary=summary, title=TITLE,
+                                checks=_checks(results, hidden_sizes))
+
+
+def _checks(results, hidden_sizes):
+    checks = []
+    for nh in hidden_sizes:
+        r = results[f"nh={nh} generalised EM"]
+        change = r["smallest_train_ll_change"]
+        checks.append(common.check(f"nh={nh}: generalised EM never decreases the exact train log-likelihood "
+                                   "(smallest change between evaluations)", change,
+                                   change >= -ROUNDOFF * abs(r["train_ll"])))
+    gains = {name: r["test_ll"] - r["test_ll_start"] for name, r in results.items()}
+    checks.append(common.check("every method raises the exact test log-likelihood above its start (smallest gain, "
+                               "nats per image)", min(gains.values()), min(gains.values()) > 0))
+    return checks
 
 
 def main(argv=None):
@@ -203,4 +216,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(common.exit_status(main()))

@@ -5,6 +5,10 @@ M in {1e3, 1e4, 1e5}. For each method (exact ML, pseudo-likelihood, mean field, 
 and PCD with replica-exchange chains) we record the reconstruction error of J, the exact
 KL(truth || learned) by enumeration, the exact moment residual, and the wall time. Mean
 field and TAP run vmapped over the three temperatures of each (n, M).
+
+Checks: exact ML matches the data moments to its tolerance (residual <= 1e-6) in every fit;
+the consistent estimators (exact ML, pseudo-likelihood, MPF) reduce their J error at each
+tenfold increase of M, for every n and beta (full run only: smoke has one M).
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ import numpy as np
 import optax
 
 from experiments import common
+from jaxebm import data as datasets
 from jaxebm import inverse, ising, mcmc
 
 NAME = "ch7_without_mcmc"
 TITLE = "Chapter 7: learning without MCMC, scored by the exact oracle"
 
 METHODS = ("exact ML", "pseudo-likelihood", "mean field", "TAP", "MPF", "PCD + replica exchange")
+CONSISTENT = ("exact ML", "pseudo-likelihood", "MPF")
+EXACT_ML_TOL = 1e-6
 
 
 def _score(truth, learned, data):
@@ -48,7 +55,7 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
         truths = [ising.sherrington_kirkpatrick(jax.random.fold_in(key, 100 * n + i), n, beta=b, field_std=0.2)
                   for i, b in enumerate(betas)]
         for M in sample_sizes:
-            datas = jnp.stack([ising.sample_exact(jax.random.fold_in(key, 7 * M + i), t, M)
+            datas = jnp.stack([datasets.exact_ising_samples(jax.random.fold_in(key, 7 * M + i), t, M)
                                for i, t in enumerate(truths)])
             fitted = {m: [None] * len(betas) for m in METHODS}
             seconds = {}
@@ -63,7 +70,7 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
                     seconds[name] = (time.perf_counter() - start) / len(betas)
                     fitted[name] = [jax.tree_util.tree_map(lambda a, i=i: a[i], out) for i in range(len(betas))]
                 for name, fn in (("pseudo-likelihood", inverse.pseudolikelihood), ("MPF", inverse.mpf),
-                                 ("exact ML", lambda d: inverse.exact_ml(d, tol=1e-6, max_iter=100))):
+                                 ("exact ML", lambda d: inverse.exact_ml(d, tol=EXACT_ML_TOL, max_iter=100))):
                     start = time.perf_counter()
                     fitted[name] = [fn(d) for d in datas]
                     seconds[name] = (time.perf_counter() - start) / len(betas)
@@ -85,10 +92,8 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
 
     pl20 = [r["seconds"] for r in records if r["n"] == max(sizes) and r["M"] == max(sample_sizes)
             and r["method"] == "pseudo-likelihood"]
-    figures = []
-    plt = common.pyplot()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = common.Figures(out_dir)
+    plt = figures.plt
     if plt is not None:
         fig, axes = plt.subplots(1, len(betas), figsize=(5.5 * len(betas), 4), squeeze=False)
         n_show = max(sizes)
@@ -102,7 +107,7 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
             ax.set_title(f"n={n_show}, beta={b}: exact KL(truth || learned)")
             ax.set_xlabel("samples M")
             ax.legend(fontsize=7)
-        figures.append(common.save_figure(fig, out_dir, "oracle_kl.png"))
+        figures.save(fig, "oracle_kl.png")
     table = common.markdown_table(["n", "beta", "M", "method", "J RMSE", "exact KL", "moment residual", "s / dataset"],
                                   rows)
     summary = (f"{len(records)} fits scored by exact enumeration. Pseudo-likelihood at n = {max(sizes)}, "
@@ -110,7 +115,25 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
     config = {"sizes": list(sizes), "betas": list(betas), "sample_sizes": list(sample_sizes), "pcd_steps": pcd_steps}
     return common.write_results(out_dir, NAME, seed=seed, smoke=smoke, config=config,
                                 metrics={"fits": records, "pseudolikelihood_seconds_largest": max(pl20)},
-                                figures=figures, summary=summary, title=TITLE)
+                                figures=figures.names, summary=summary, title=TITLE, checks=_checks(records))
+
+
+def _checks(records):
+    residual = max(r["moment_residual"] for r in records if r["method"] == "exact ML")
+    checks = [common.check(f"exact ML matches the data moments in every fit (largest residual <= {EXACT_ML_TOL:g})",
+                           residual, residual <= EXACT_ML_TOL)]
+    for method in CONSISTENT:
+        curves = {}
+        for r in records:
+            if r["method"] == method:
+                curves.setdefault((r["n"], r["beta"]), []).append((r["M"], r["J_rmse"]))
+        rises = [f"n={n} beta={b}" for (n, b), pts in curves.items()
+                 if any(e1 >= e0 for (_, e0), (_, e1) in zip(sorted(pts), sorted(pts)[1:]))]
+        one_m = any(len(pts) < 2 for pts in curves.values())
+        checks.append(common.check(f"{method} is consistent: its J error falls at each tenfold M for every n and beta "
+                                   "(cases where it did not)", "one M only" if one_m else ", ".join(rises) or "none",
+                                   not rises and not one_m, smoke=False))
+    return checks
 
 
 def main(argv=None):
@@ -118,4 +141,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(common.exit_status(main()))

@@ -3,11 +3,13 @@
 Submodules follow the chapters of the lecture notes ``notes/lecture-notes-2025-01.md``:
 ``enumeration`` (exact ground truth) and ``kernels`` (its fused Pallas kernels),
 ``divergence`` and ``gaussian`` (ch. 1-2.4), ``ising`` (ch. 2.5), ``curvature`` and ``optim``
-(ch. 2.6), ``gmm`` (ch. 3), ``rbm`` (ch. 4), ``mcmc`` (ch. 5-6), ``inverse`` (ch. 7).
+(ch. 2.6), ``gmm`` (ch. 3), ``rbm`` (ch. 4), ``mcmc`` (ch. 5-6), ``inverse`` (ch. 7);
+``data`` holds the experiments' data sets.
 """
 
 from jaxebm import (
     curvature,
+    data,
     divergence,
     enumeration,
     gaussian,
@@ -24,5 +26,5 @@ from jaxebm.ising import IsingParams
 
 __version__ = "0.1.0"
 
-__all__ = ["IsingParams", "curvature", "divergence", "enumeration", "gaussian", "gmm", "inverse", "ising",
+__all__ = ["IsingParams", "curvature", "data", "divergence", "enumeration", "gaussian", "gmm", "inverse", "ising",
            "kernels", "mcmc", "optim", "rbm", "types", "__version__"]
