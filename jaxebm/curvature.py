@@ -22,16 +22,30 @@ is not a guarantee: the curvature may grow along the step.
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
+from jaxebm import _cache
+from jaxebm._validation import (
+    ConvergenceWarning,
+    array,
+    check_finite,
+    choice,
+    count,
+    finite_scalar,
+    is_concrete,
+    positive_scalar,
+)
 from jaxebm.types import Array, PyTree
 
 __all__ = [
@@ -55,7 +69,14 @@ def _scalar_loss(loss_fn: Callable, params: PyTree, args: tuple) -> Callable[[Py
 
 def hvp(loss_fn: Callable, params: PyTree, vector: PyTree, *args) -> PyTree:
     r"""Hessian-vector product :math:`H(\theta) v` as ``jax.jvp`` of ``jax.grad``
-    (forward-over-reverse; the Hessian is never formed)."""
+    (forward-over-reverse; the Hessian is never formed). ``vector`` is a pytree like ``params``."""
+    if not callable(loss_fn):
+        raise ValueError(f"loss_fn must be a callable loss_fn(params, *args); got {type(loss_fn).__name__}.")
+    params, vector = _check_params("params", params), _check_params("vector", vector)
+    if jax.tree_util.tree_structure(vector) != jax.tree_util.tree_structure(params) or any(
+            jnp.shape(a) != jnp.shape(b) for a, b in zip(jax.tree_util.tree_leaves(vector),
+                                                         jax.tree_util.tree_leaves(params))):
+        raise ValueError("vector must be a pytree with the structure and shapes of params.")
     f = _scalar_loss(loss_fn, params, args)
     return jax.jvp(jax.value_and_grad(f), (params,), (vector,))[1][1]
 
@@ -168,23 +189,78 @@ def max_eigenvalue(loss_fn: Callable, params: PyTree, *args, method: str = "powe
       ``(eigenvalue, eigenvector)`` with the eigenvector a unit-norm pytree like ``params``,
       or ``(eigenvalue, eigenvector, info)``.
     """
-    if method not in ("power", "lanczos", "dense"):
-        raise ValueError(f"method must be 'power', 'lanczos' or 'dense'; got {method!r}.")
-    if which not in ("largest", "smallest"):
-        raise ValueError(f"which must be 'largest' or 'smallest'; got {which!r}.")
-    if num_iters < 1:
-        raise ValueError(f"num_iters must be positive; got {num_iters}.")
-    f = _scalar_loss(loss_fn, params, args)
+    method = choice("method", method, ("power", "lanczos", "dense"))
+    which = choice("which", which, ("largest", "smallest"))
+    num_iters = count("num_iters", num_iters)
+    tol = positive_scalar("tol", tol)
+    if not callable(loss_fn):
+        raise ValueError(f"loss_fn must be a callable loss_fn(params, *args); got {type(loss_fn).__name__}.")
+    params = _check_params("params", params)
+    _scalar_loss(loss_fn, params, args)
+    flat, unravel = ravel_pytree(params)
+    dtype = flat.dtype
+    if init_vector is not None:
+        init_vector = _check_params("init_vector", init_vector)
+        if jax.tree_util.tree_structure(init_vector) != jax.tree_util.tree_structure(params):
+            raise ValueError("init_vector must be a pytree like params; got a different structure.")
+        v0 = ravel_pytree(init_vector)[0].astype(dtype)
+        if v0.shape != flat.shape:
+            raise ValueError(f"init_vector must have the shapes of params ({flat.shape[0]} entries); got "
+                             f"{v0.shape[0]}.")
+        if is_concrete(v0) and not np.any(np.asarray(v0)):
+            raise ValueError("init_vector must be non-zero.")
+    else:
+        v0 = jax.random.normal(jax.random.key(0) if key is None else key, flat.shape, dtype)
+    lam0 = jnp.asarray(jnp.nan if init_eigenvalue is None else finite_scalar("init_eigenvalue", init_eigenvalue),
+                       dtype)
+    # The compiled work is cached on the traced loss (a new closure over new values reuses it).
+    # Array arguments are operands; anything else (Python numbers, strings) is closed over.
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    dynamic = [isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves]
+
+    def loss(p, arrays):
+        it = iter(arrays)
+        full = [next(it) if dyn else leaf for leaf, dyn in zip(leaves, dynamic)]
+        return loss_fn(p, *jax.tree_util.tree_unflatten(treedef, full))
+
+    arrays = tuple(leaf for leaf, dyn in zip(leaves, dynamic) if dyn)
+    traced, consts = _cache.trace(loss, params, arrays)
+    lam, v, info = _max_eigenvalue(consts, params, arrays, v0, lam0, jnp.asarray(tol, dtype), traced=traced,
+                                   method=method, which=which, num_iters=num_iters)
+    if method == "power" and is_concrete(info.converged) and not bool(info.converged):
+        warnings.warn(
+            f"max_eigenvalue: power iteration stopped at num_iters={num_iters} before the Rayleigh quotient "
+            f"changed by less than tol={tol:g} (relative); the estimate {float(lam):.6g} may be inaccurate. "
+            "Raise num_iters, or use method='lanczos'.", ConvergenceWarning, stacklevel=2)
+    v = unravel(v.astype(dtype))
+    return (lam, v, info) if return_info else (lam, v)
+
+
+def _check_params(name: str, params: PyTree) -> PyTree:
+    """A pytree of floating arrays with at least one entry, finite when concrete."""
+    leaves = jax.tree_util.tree_leaves(params)
+    if not leaves:
+        raise ValueError(f"{name} must hold at least one array; got an empty pytree.")
+    params = jax.tree_util.tree_map(lambda a: array(name, a, allow_empty=True), params)
+    leaves = jax.tree_util.tree_leaves(params)
+    if sum(leaf.size for leaf in leaves) == 0:
+        raise ValueError(f"{name} must hold at least one entry; all its arrays are empty.")
+    for leaf in leaves:
+        check_finite(name, leaf)
+    return params
+
+
+@functools.partial(jax.jit, static_argnames=("traced", "method", "which", "num_iters"))
+def _max_eigenvalue(consts, params, args, v0, lam0, tol, *, traced, method, which, num_iters):
+    def f(p):
+        return traced(consts, p, args)
+
     flat, unravel = ravel_pytree(params)
     dtype = flat.dtype
 
     def matvec(v):
         return ravel_pytree(jax.jvp(jax.value_and_grad(f), (params,), (unravel(v),))[1][1])[0]
 
-    if init_vector is not None:
-        v0 = ravel_pytree(init_vector)[0].astype(dtype)
-    else:
-        v0 = jax.random.normal(jax.random.key(0) if key is None else key, flat.shape, dtype)
     v0 = v0 / jnp.linalg.norm(v0)
     nan = jnp.array(jnp.nan, dtype)
 
@@ -200,7 +276,6 @@ def max_eigenvalue(loss_fn: Callable, params: PyTree, *args, method: str = "powe
         lam, v = ritz[idx], vecs[:, idx]
         info = EigenInfo(jnp.int32(min(num_iters, flat.shape[0])), jnp.bool_(True), ritz[0])
     else:
-        lam0 = nan if init_eigenvalue is None else jnp.asarray(init_eigenvalue, dtype)
         lam, v, k, done = _power(matvec, v0, num_iters, tol, lam0)
         want_positive = which == "largest"
         # Power iteration finds the eigenvalue of largest magnitude. If it lies at the other
@@ -215,8 +290,7 @@ def max_eigenvalue(loss_fn: Callable, params: PyTree, *args, method: str = "powe
 
         lam, v, k, done = lax.cond(wrong_end, shifted, lambda _: (lam, v, k, done), None)
         info = EigenInfo(k, done, nan)
-    v = unravel(v.astype(dtype))
-    return (lam, v, info) if return_info else (lam, v)
+    return lam, v, info
 
 
 def ising_smoothness_bound(n: int) -> float:
@@ -237,9 +311,7 @@ def ising_smoothness_bound(n: int) -> float:
     and a gradient step with :math:`\eta = 1/L` satisfies Eq. (2.38):
     :math:`f(\theta') \le f(\theta) - \lVert\nabla f\rVert^2/(2L)`. The nll never increases.
     """
-    if int(n) < 1:
-        raise ValueError(f"n must be a positive integer; got {n}.")
-    n = int(n)
+    n = count("n", n)
     return float(n + n * (n - 1) // 2)
 
 
@@ -252,8 +324,10 @@ def surrogate(loss_fn: Callable, params0: PyTree, eta: float, *args) -> Callable
     Returns a function of ``params`` (same pytree structure). When :math:`\eta \le 1/L` for a
     bound :math:`L` on the Hessian, :math:`f \le f_\eta` everywhere (Eq. (2.41)).
     """
-    if not eta > 0:
-        raise ValueError(f"eta must be positive; got {eta}.")
+    eta = positive_scalar("eta", eta)
+    if not callable(loss_fn):
+        raise ValueError(f"loss_fn must be a callable loss_fn(params, *args); got {type(loss_fn).__name__}.")
+    params0 = _check_params("params0", params0)
     f = _scalar_loss(loss_fn, params0, args)
     value0, grad0 = jax.value_and_grad(f)(params0)
 
@@ -311,12 +385,12 @@ def scale_by_hessian_bound(safety: float = 1.0, every: int = 1, *, num_iters: in
       >>> updates, state = opt.update(grads, state, params, value_fn=loss)
       >>> params = optax.apply_updates(params, updates)
     """
-    if not safety > 0:
-        raise ValueError(f"safety must be positive; got {safety}.")
-    if int(every) < 1:
-        raise ValueError(f"every must be a positive integer; got {every}.")
-    if int(num_iters) < 1:
-        raise ValueError(f"num_iters must be a positive integer; got {num_iters}.")
+    safety = positive_scalar("safety", safety)
+    every = count("every", every)
+    num_iters = count("num_iters", num_iters)
+    tol = positive_scalar("tol", tol)
+    eigenvalue_floor = positive_scalar("eigenvalue_floor", eigenvalue_floor)
+    seed = count("seed", seed, minimum=0)
 
     def init_fn(params):
         flat, unravel = ravel_pytree(params)

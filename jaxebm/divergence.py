@@ -8,12 +8,14 @@ vectors; :math:`0 \ln 0 = 0` is handled exactly.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxebm._validation import check_finite, check_ndim, check_spins
+from jaxebm._validation import array, check_finite, check_ndim, distribution, is_concrete, spins
 from jaxebm.types import Array, ArrayLike
 
 __all__ = [
@@ -26,9 +28,27 @@ __all__ = [
 ]
 
 
+def _axis(axis, ndim: int) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
+        raise ValueError(f"axis must be an integer in [{-ndim}, {ndim}) for an array of {ndim} dimension(s); "
+                         f"got {axis!r}.")
+    return int(axis) % ndim
+
+
 def entropy(p: ArrayLike, axis: int = -1) -> Array:
-    r"""Shannon entropy :math:`H(p) = -\sum_x p(x) \ln p(x)` with :math:`0 \ln 0 = 0`."""
-    p = jnp.asarray(p)
+    r"""Shannon entropy :math:`H(p) = -\sum_x p(x) \ln p(x)` with :math:`0 \ln 0 = 0`.
+
+    ``p`` must be a probability distribution along ``axis``: finite, non-negative and summing
+    to 1 (checked when concrete; a NaN is refused, never dropped). Under ``jit`` values are
+    not checked."""
+    p = array("p", p)
+    axis = _axis(axis, p.ndim)
+    p = distribution("p", p, axis=axis)
+    return _entropy(p, axis)
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _entropy(p, axis):
     safe = jnp.where(p > 0, p, 1.0)
     return -jnp.sum(jnp.where(p > 0, p * jnp.log(safe), 0.0), axis=axis)
 
@@ -37,20 +57,59 @@ def kl(p: ArrayLike, q: ArrayLike, axis: int = -1) -> Array:
     r"""Discrete :math:`D_{KL}(p\|q) = \sum_x p(x) \ln(p(x)/q(x))` (Eq. (2.6)).
 
     Terms with :math:`p(x) = 0` contribute 0; :math:`q(x) = 0 < p(x)` gives ``inf``.
-    Non-negative, zero iff p = q (Eq. (2.8), (2.10)).
+    Non-negative, zero iff p = q (Eq. (2.8), (2.10)). Both must be probability
+    distributions along ``axis`` (finite, >= 0, summing to 1): a non-normalised ``p`` would
+    make the divergence meaningless (it can be negative), so it is refused when concrete.
     """
-    p, q = jnp.asarray(p), jnp.asarray(q)
+    p, q = array("p", p), array("q", q)
     if p.shape != q.shape:
         raise ValueError(f"p and q must have the same shape; got {p.shape} and {q.shape}.")
+    axis = _axis(axis, p.ndim)
+    p, q = distribution("p", p, axis=axis), distribution("q", q, axis=axis)
+    dtype = jnp.result_type(p, q)
+    return _kl(p.astype(dtype), q.astype(dtype), axis)
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _kl(p, q, axis):
     safe_p = jnp.where(p > 0, p, 1.0)
     terms = jnp.where(p > 0, p * (jnp.log(safe_p) - jnp.log(q)), 0.0)
     return jnp.sum(terms, axis=axis)
 
 
+def _log_distribution(name: str, log_p, axis: int):
+    """Log probabilities: no NaN or +inf (-inf is a zero probability), normalised along axis."""
+    log_p = array(name, log_p)
+    if is_concrete(log_p):
+        values = np.asarray(log_p, dtype=np.float64)
+        if np.isnan(values).any() or np.isposinf(values).any():
+            raise ValueError(f"{name} must be log probabilities (-inf allowed); it contains NaN or +inf.")
+        top = values.max(axis=axis, keepdims=True)
+        shift = np.where(np.isfinite(top), top, 0.0)  # all -inf: the sum is 0, refused below
+        totals = np.exp(values - shift).sum(axis=axis) * np.exp(np.squeeze(shift, axis=axis))
+        tol = 1e3 * np.finfo(np.asarray(log_p).dtype).eps * max(1, values.shape[axis]) ** 0.5
+        if np.any(np.abs(totals - 1) > tol):
+            worst = float(np.ravel(totals)[np.argmax(np.abs(np.ravel(totals) - 1))])
+            raise ValueError(f"{name} must be normalised log probabilities: exp({name}) must sum to 1 along "
+                             f"axis {axis}; a sum is {worst:.6g}.")
+    return log_p
+
+
 def kl_from_log_probs(log_p: ArrayLike, log_q: ArrayLike, axis: int = -1) -> Array:
     r""":math:`D_{KL}(p\|q) = \sum_x e^{\ln p(x)} (\ln p(x) - \ln q(x))` from log probabilities,
-    stable when probabilities underflow."""
-    log_p, log_q = jnp.asarray(log_p), jnp.asarray(log_q)
+    stable when probabilities underflow. Both must be normalised along ``axis``; ``-inf``
+    entries are zero probabilities; NaN and ``+inf`` are refused (when concrete)."""
+    log_p, log_q = array("log_p", log_p), array("log_q", log_q)
+    if log_p.shape != log_q.shape:
+        raise ValueError(f"log_p and log_q must have the same shape; got {log_p.shape} and {log_q.shape}.")
+    axis = _axis(axis, log_p.ndim)
+    log_p, log_q = _log_distribution("log_p", log_p, axis), _log_distribution("log_q", log_q, axis)
+    dtype = jnp.result_type(log_p, log_q)
+    return _kl_from_log_probs(log_p.astype(dtype), log_q.astype(dtype), axis)
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _kl_from_log_probs(log_p, log_q, axis):
     p = jnp.exp(log_p)
     terms = jnp.where(p > 0, p * (log_p - log_q), 0.0)
     return jnp.sum(terms, axis=axis)
@@ -58,25 +117,43 @@ def kl_from_log_probs(log_p: ArrayLike, log_q: ArrayLike, axis: int = -1) -> Arr
 
 def states_to_codes(x: ArrayLike) -> Array:
     """Integer codes of +-1 states ``(..., n)``, bit ``k`` set when spin ``k`` is +1
-    (the inverse of :func:`jaxebm.enumeration.spins`, for ``n <= 31``)."""
-    x = jnp.asarray(x)
+    (the inverse of :func:`jaxebm.enumeration.spins`, for ``1 <= n <= 31``)."""
+    x = array("x", x, allow_empty=True)
+    if x.ndim < 1 or x.shape[-1] < 1:
+        raise ValueError(f"x must be spins of shape (..., n) with n >= 1; got shape {x.shape}.")
     n = x.shape[-1]
     if n > 31:
         raise ValueError(f"states_to_codes supports n <= 31 spins; got {n}.")
-    check_spins("x", x)
-    weights = (2 ** jnp.arange(n)).astype(jnp.int32)
+    check_finite("x", x)
+    x = spins("x", x, ndim=x.ndim)
+    return _states_to_codes(x)
+
+
+@jax.jit
+def _states_to_codes(x):
+    weights = (2 ** jnp.arange(x.shape[-1])).astype(jnp.int32)
     return jnp.sum((x > 0).astype(jnp.int32) * weights, axis=-1)
 
 
 def empirical_distribution(data: ArrayLike) -> Array:
     r"""The empirical distribution :math:`p_0(x) = \frac1M \sum_i \delta_{x, x^{(i)}}` of +-1 data
     (Eq. (1.1)), as a probability vector over all ``2^n`` codes (``n <= 24``)."""
+    data = array("data", data, allow_empty=True)
     check_ndim("data", data, 2, "a batch of spin configurations of shape (num_samples, n)")
-    n = np.shape(data)[1]
+    if data.shape[0] < 1 or data.shape[1] < 1:
+        raise ValueError(f"data must hold at least one sample of at least one spin; got shape {data.shape}.")
+    n = data.shape[1]
     if n > 24:
         raise ValueError(f"empirical_distribution holds 2^n probabilities; n = {n} exceeds 24.")
-    codes = states_to_codes(data)
-    counts = jnp.zeros(2**n, jnp.result_type(jnp.asarray(data), jnp.float32)).at[codes].add(1.0)
+    data = spins("data", data, ndim=2)
+    return _empirical_distribution(data)
+
+
+@jax.jit
+def _empirical_distribution(data):
+    n = data.shape[1]
+    codes = _states_to_codes(data)
+    counts = jnp.zeros(2**n, jnp.result_type(data, jnp.float32)).at[codes].add(1.0)
     return counts / codes.shape[0]
 
 
@@ -88,11 +165,21 @@ def empirical_log_likelihood(log_prob_fn: Callable[[Array], Array], data: ArrayL
 
     Args:
       log_prob_fn: maps a batch ``(M, ...)`` of data to ``(M,)`` normalised log probabilities.
-      data: ``(M, ...)`` samples.
+      data: ``(M, ...)`` samples, finite, at least one.
+
+    A NaN log probability is refused (when concrete); ``-inf`` (a sample the model cannot
+    produce) gives ``-inf``.
     """
-    data = jnp.asarray(data)
+    if not callable(log_prob_fn):
+        raise ValueError(f"log_prob_fn must be a callable (M, ...) -> (M,); got {type(log_prob_fn).__name__}.")
+    data = array("data", data, floating=False, allow_empty=True)
+    if data.ndim < 1 or data.shape[0] < 1:
+        raise ValueError(f"data must hold at least one sample along its first axis; got shape {data.shape}.")
     check_finite("data", data)
     values = log_prob_fn(data)
-    if values.shape != data.shape[:1]:
-        raise ValueError(f"log_prob_fn must return shape ({data.shape[0]},); got {values.shape}.")
+    if not hasattr(values, "shape") or values.shape != data.shape[:1]:
+        raise ValueError(f"log_prob_fn must return shape ({data.shape[0]},); got "
+                         f"{getattr(values, 'shape', type(values).__name__)}.")
+    if is_concrete(values) and np.isnan(np.asarray(values)).any():
+        raise ValueError("log_prob_fn returned NaN for some sample; expected log probabilities.")
     return jnp.mean(values)

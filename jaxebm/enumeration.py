@@ -33,6 +33,13 @@ reaches memory; the fold across chunks is the same.
 When several devices are visible, the chunk range is sharded across them with
 ``jax.shard_map``: each device generates its own codes and the partial results combine with
 a max-shifted ``psum``.
+
+Several processes or hosts: after ``jax.distributed.initialize(...)`` on every process (on CPU
+with ``jax.config.update("jax_cpu_collectives_implementation", "gloo")`` first), pass
+``devices=jax.devices()``, which lists every process's devices. Every process must then make
+the same call with the same argument values (host arrays, or arrays not committed to a device);
+the result is replicated, so each process can read it. The default, ``jax.local_devices()``,
+never communicates: each process enumerates everything on its own devices.
 """
 
 from __future__ import annotations
@@ -47,7 +54,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxebm._validation import check_finite, check_ndim
+from jaxebm import _cache
+from jaxebm._validation import (
+    array,
+    check_finite,
+    check_ndim,
+    count,
+    finite_scalar,
+    is_concrete,
+    positive_scalar,
+)
 from jaxebm.types import Array, ArrayLike, PyTree
 
 HIGHEST = lax.Precision.HIGHEST
@@ -62,6 +78,10 @@ MAX_HELD_BYTES = 2**31
 # Measured: ~1.4e9 on 2 CPU cores (split engine, README), ~2e11 on one H100.
 _PAIRWISE_RATE = {"cpu": 7e8, "gpu": 2e11, "tpu": 1e11}
 _GENERIC_SLOWDOWN = 20.0
+# Matmul throughput (flop/s) for work that grows with the state count times p^2 (the Fisher
+# information's second moment): measured ~5e10 on 2 idle CPU cores at n = 18; halved for a
+# shared machine. GPU/TPU: float32 at Precision.HIGHEST.
+_MATMUL_FLOPS = {"cpu": 2.5e10, "gpu": 2e13, "tpu": 1e13}
 
 # Memory budgets (elements of the chunk's log-weight matrix) per backend.
 _SPLIT_BUDGET_BITS = {"cpu": 20, "gpu": 24, "tpu": 24}
@@ -98,45 +118,104 @@ def _bits_to_spins(words: Array, n: int, dtype) -> Array:
     return (2 * bits.astype(jnp.int32) - 1).astype(dtype)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _bits_to_spins_jit(words: Array, n: int, dtype) -> Array:
+    return _bits_to_spins(words, n, dtype)
+
+
+def _float_dtype(dtype, name: str = "dtype"):
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"{name} must be a floating dtype such as jnp.float32; got {dtype!r}.") from None
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise ValueError(f"{name} must be a floating dtype such as jnp.float32; got {dt}.")
+    return dt
+
+
+def _spin_count(n, maximum: int = 64) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= maximum:
+        raise ValueError(f"n must be an integer in [0, {maximum}]; got {n!r}.")
+    return int(n)
+
+
+def _check_codes(name: str, values: np.ndarray, n: int, *, offset: int = 0) -> None:
+    """Refuses negative codes and codes with bits set at or above bit ``n`` (``offset``: the
+    bit position of this word's bit 0)."""
+    if values.size == 0:
+        return
+    if values.dtype.kind == "i" and values.min() < 0:
+        raise ValueError(f"{name} must be non-negative integer codes; got {int(values.min())}.")
+    width = n - offset  # bits this word may use
+    if width >= 64:
+        return
+    big = values.astype(np.uint64) >> np.uint64(max(width, 0)) if width > 0 else values.astype(np.uint64)
+    if np.any(big):
+        bad = int(np.ravel(values)[np.argmax(np.ravel(big) != 0)])
+        what = f"a high word {bad} (bits {offset}..{offset + 31})" if offset else f"code {bad}"
+        raise ValueError(
+            f"{name} must be codes of n = {n} spins, i.e. below 2^{n}; {what} has bits set at or "
+            f"above bit {n}. Pass the right n, or mask the codes first."
+        )
+
+
 def spins(codes, n: int, dtype=jnp.float32) -> Array:
     r"""Spin configurations :math:`x \in \{-1,+1\}^n` from integer codes.
 
     Bit ``k`` of each code gives spin ``k``: 1 -> +1, 0 -> -1.
 
     Args:
-      codes: unsigned integer codes of shape ``(...)``. For ``n > 32`` without x64, pass a
-        pair ``(hi, lo)`` of uint32 arrays (spin ``k < 32`` from ``lo``, spin ``k >= 32`` from
-        bit ``k - 32`` of ``hi``), or a NumPy ``uint64`` array, which is split on the host.
+      codes: non-negative integer codes below ``2^n``, of shape ``(...)``. For ``n > 32``
+        without x64, pass a pair ``(hi, lo)`` of uint32 arrays (spin ``k < 32`` from ``lo``,
+        spin ``k >= 32`` from bit ``k - 32`` of ``hi``), or a NumPy ``uint64`` array, which is
+        split on the host. Negative codes and codes with bits set at or above bit ``n`` are
+        refused (ValueError) when the codes are concrete; under ``jit`` they cannot be checked
+        (the high bits are then ignored).
       n: number of spins, ``0 <= n <= 64``.
       dtype: floating dtype of the result.
 
     Returns:
       ``Float[Array, "... n"]`` with entries in {-1, +1}.
     """
-    if not isinstance(n, (int, np.integer)) or n < 0 or n > 64:
-        raise ValueError(f"n must be an integer in [0, 64]; got {n!r}.")
-    n = int(n)
+    n = _spin_count(n)
+    dtype = _float_dtype(dtype)
     if isinstance(codes, tuple):
         if len(codes) != 2:
             raise ValueError("codes given as a tuple must be a pair (hi, lo) of uint32 arrays.")
-        hi, lo = (jnp.asarray(c).astype(jnp.uint32) for c in codes)
-        low = _bits_to_spins(lo, min(n, 32), dtype)
+        hi, lo = (array(f"codes[{i}]", c, floating=False, allow_empty=True) for i, c in enumerate(codes))
+        for i, word in enumerate((hi, lo)):
+            if not jnp.issubdtype(word.dtype, jnp.integer):
+                raise ValueError(f"codes[{i}] must be integers; got dtype {word.dtype}.")
+            if is_concrete(word):
+                host = np.asarray(word)
+                _check_codes(f"codes[{i}]", host, 64)
+                if np.any(host.astype(np.uint64) >> np.uint64(32)):
+                    raise ValueError(f"codes[{i}] must hold 32-bit words (below 2^32).")
+        if hi.shape != lo.shape:
+            raise ValueError(f"codes (hi, lo) must have the same shape; got {hi.shape} and {lo.shape}.")
+        if is_concrete(lo) and n < 32:
+            _check_codes("codes", np.asarray(lo), n)
+        if is_concrete(hi):
+            _check_codes("codes", np.asarray(hi), n, offset=32)
+        hi, lo = hi.astype(jnp.uint32), lo.astype(jnp.uint32)
+        low = _bits_to_spins_jit(lo, min(n, 32), dtype)
         if n <= 32:
             return low
-        return jnp.concatenate([low, _bits_to_spins(hi, n - 32, dtype)], axis=-1)
-    if isinstance(codes, (int, np.integer, list, np.ndarray)):
-        host = np.asarray(codes)
+        return jnp.concatenate([low, _bits_to_spins_jit(hi, n - 32, dtype)], axis=-1)
+    if not isinstance(codes, jax.Array):
+        try:
+            host = np.asarray(codes)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"codes must be an array of integers; could not convert it ({err}).") from None
         if host.dtype.kind not in "iu":
             raise ValueError(f"codes must be integers; got dtype {host.dtype}.")
-        if np.any(host < 0):
-            raise ValueError("codes must be non-negative.")
+        _check_codes("codes", host, n)
         host = host.astype(np.uint64)
-        if n > 32 or np.any(host >= 2**32):
+        if n > 32:
             lo = (host & np.uint64(0xFFFFFFFF)).astype(np.uint32)
             hi = (host >> np.uint64(32)).astype(np.uint32)
             return spins((hi, lo), n, dtype)
-        return _bits_to_spins(jnp.asarray(host.astype(np.uint32)), n, dtype)
-    codes = jnp.asarray(codes)
+        return _bits_to_spins_jit(jnp.asarray(host.astype(np.uint32)), n, dtype)
     if not jnp.issubdtype(codes.dtype, jnp.integer):
         raise ValueError(f"codes must be integers; got dtype {codes.dtype}.")
     width = jnp.iinfo(codes.dtype).bits
@@ -145,11 +224,18 @@ def spins(codes, n: int, dtype=jnp.float32) -> Array:
             f"codes of dtype {codes.dtype} hold only {width} bits but n = {n}; pass a pair "
             "(hi, lo) of uint32 codes or a NumPy uint64 array."
         )
+    if is_concrete(codes):
+        _check_codes("codes", np.asarray(codes), n)
     if width == 64:
         lo = (codes & 0xFFFFFFFF).astype(jnp.uint32)
         hi = (codes >> 32).astype(jnp.uint32)
         return spins((hi, lo), n, dtype)
-    return _bits_to_spins(codes.astype(jnp.uint32), n, dtype)
+    return _bits_to_spins_jit(codes.astype(jnp.uint32), n, dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _all_spins(n: int, dtype) -> Array:
+    return _bits_to_spins(jnp.arange(2**n, dtype=jnp.uint32), n, dtype)
 
 
 def all_spins(n: int, dtype=jnp.float32) -> Array:
@@ -158,16 +244,18 @@ def all_spins(n: int, dtype=jnp.float32) -> Array:
     Only for small ``n``: refuses (ValueError) when the result would exceed 2 GiB. Use
     :func:`log_sum_exp_states` / :func:`expectation_states` to stream over larger spaces.
     """
-    if not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"n must be a non-negative integer; got {n!r}.")
-    nbytes = (2**n) * n * jnp.dtype(dtype).itemsize
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer (the number of spins); got {n!r}.")
+    n = int(n)
+    dtype = _float_dtype(dtype)
+    nbytes = (2**n) * n * dtype.itemsize
     if n > 32 or nbytes > MAX_HELD_BYTES:
         raise ValueError(
             f"all_spins(n={n}) would hold 2^{n} = {2**n:,} states ({nbytes / 2**30:.3g} GiB); "
             f"the limit is {MAX_HELD_BYTES / 2**30:.0f} GiB. Stream with log_sum_exp_states or "
             "expectation_states instead."
         )
-    return spins(jnp.arange(2**n, dtype=jnp.uint32), int(n), dtype)
+    return _all_spins(n, dtype)
 
 
 # --------------------------------------------------------------------------------------
@@ -179,42 +267,68 @@ def _backend() -> str:
     return jax.default_backend()
 
 
-def estimate_seconds(n: int, *, pairwise: bool = True, num_devices: int | None = None) -> float:
+def _cpu_scale() -> float:
+    import os
+
+    return max(1, os.cpu_count() or 1) / 2
+
+
+def estimate_seconds(n: int, *, pairwise: bool = True, num_devices: int | None = None,
+                     flops_per_state: float = 0.0) -> float:
     """Rough wall time (s) to enumerate ``2^n`` states on the default backend.
 
     Based on measured throughputs (README performance table); a generic ``log_weight_fn``
-    is assumed to be ~20x slower than the split pairwise engine.
+    is assumed to be ~20x slower than the split pairwise engine. ``flops_per_state`` adds
+    matmul work done for every state (e.g. ``2 p^2`` for the ``p x p`` second moment of
+    :func:`covariance_states`), at a measured matmul rate.
     """
+    n = count("n", n, minimum=0)
+    num_devices = 1 if num_devices is None else count("num_devices", num_devices)
+    flops = finite_scalar("flops_per_state", flops_per_state, minimum=0.0)
     backend = _backend()
     rate = _PAIRWISE_RATE.get(backend, _PAIRWISE_RATE["cpu"])
+    flop_rate = _MATMUL_FLOPS.get(backend, _MATMUL_FLOPS["cpu"])
     if backend == "cpu":
-        import os
-
-        rate *= max(1, os.cpu_count() or 1) / 2
-    rate *= num_devices if num_devices else 1
+        rate *= _cpu_scale()
+        flop_rate *= _cpu_scale()
+    rate *= num_devices
+    flop_rate *= num_devices
     if not pairwise:
         rate /= _GENERIC_SLOWDOWN
-    return float(2.0**n / rate)
+    return float(2.0**n / rate + 2.0**n * flops / flop_rate)
+
+
+def _max_seconds(max_seconds) -> float:
+    """The time budget: None -> the default; ``math.inf`` means no limit."""
+    if max_seconds is None:
+        return DEFAULT_MAX_SECONDS
+    if isinstance(max_seconds, (int, float, np.integer, np.floating)) and max_seconds == math.inf:
+        return math.inf
+    return positive_scalar("max_seconds", max_seconds)
 
 
 def check_enumerable(n: int, *, max_seconds: float | None = None, pairwise: bool = True,
-                     num_devices: int | None = None, what: str = "n") -> None:
+                     num_devices: int | None = None, what: str = "n", flops_per_state: float = 0.0,
+                     detail: str = "") -> None:
     """Raise a ValueError, with the state count and an estimated time, if ``2^n`` is too many.
 
     Args:
       n: number of enumerated spins.
-      max_seconds: the time budget (default :data:`DEFAULT_MAX_SECONDS`).
+      max_seconds: the time budget (default :data:`DEFAULT_MAX_SECONDS`; ``math.inf``: none).
       pairwise: whether the fast split engine is used (sets the estimated throughput).
       num_devices: devices sharing the work.
       what: the argument name to report.
+      flops_per_state: extra matmul work per state (see :func:`estimate_seconds`).
+      detail: what that work is, for the message.
     """
-    limit = DEFAULT_MAX_SECONDS if max_seconds is None else float(max_seconds)
+    limit = _max_seconds(max_seconds)
+    n = count(what, n, minimum=0)
     if n > 63:
         raise ValueError(f"{what} = {n}: 2^{n} states cannot be enumerated (at most 63 spins).")
-    seconds = estimate_seconds(n, pairwise=pairwise, num_devices=num_devices)
+    seconds = estimate_seconds(n, pairwise=pairwise, num_devices=num_devices, flops_per_state=flops_per_state)
     if seconds > limit:
         raise ValueError(
-            f"{what} = {n} means enumerating 2^{n} = {2**n:,} states, estimated at "
+            f"{what} = {n} means enumerating 2^{n} = {2**n:,} states{detail}, estimated at "
             f"{seconds:,.0f} s on {_backend()} ({num_devices or 1} device(s)); the limit is "
             f"max_seconds={limit:g}. Pass a larger max_seconds to run it anyway, or use a "
             "sampler (jaxebm.mcmc) or AIS."
@@ -273,9 +387,17 @@ def _fold_finish(state: _Fold, axis_name: str | None = None):
 def _devices(devices) -> tuple:
     if devices is None:
         devices = jax.local_devices()
-    devices = tuple(devices)
+    try:
+        devices = tuple(devices)
+    except TypeError:
+        raise ValueError(f"devices must be a sequence of jax devices; got {type(devices).__name__}.") from None
     if not devices:
         raise ValueError("devices must name at least one device.")
+    if not all(isinstance(d, jax.Device) for d in devices):
+        bad = next(d for d in devices if not isinstance(d, jax.Device))
+        raise ValueError(f"devices must hold jax devices (jax.devices()); got {bad!r}.")
+    if len(set(devices)) != len(devices):
+        raise ValueError("devices must not repeat a device.")
     return devices
 
 
@@ -320,11 +442,18 @@ def _run_fold(chunk_step: Callable, init_accs: PyTree, num_chunks: int, dtype,
 # --------------------------------------------------------------------------------------
 
 
+def _chunk_size(chunk_size) -> int | None:
+    if chunk_size is None:
+        return None
+    chunk_size = count("chunk_size", chunk_size)
+    if chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_size must be a positive power of two; got {chunk_size}.")
+    return chunk_size
+
+
 def _generic_chunk_bits(n: int, chunk_size: int | None, stat_width: int = 0) -> int:
     if chunk_size is not None:
-        if chunk_size < 1 or chunk_size & (chunk_size - 1):
-            raise ValueError(f"chunk_size must be a positive power of two; got {chunk_size}.")
-        return min(n, int(chunk_size).bit_length() - 1)
+        return min(n, int(_chunk_size(chunk_size)).bit_length() - 1)
     budget = _GENERIC_BUDGET_BYTES.get(_backend(), _GENERIC_BUDGET_BYTES["cpu"])
     per_state = 4 * (2 * n + 2 + stat_width)
     c = int(math.floor(math.log2(max(1, budget // per_state))))
@@ -340,53 +469,72 @@ def _chunk_states(i: Array, n: int, c: int, dtype) -> Array:
 
 
 def _generic(log_weight_fn, stat_fn, n, chunk_size, max_seconds, devices, dtype, second_moment=False):
-    if not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer; got {n!r}.")
-    n = int(n)
+    """Validates eagerly, traces the user functions, and runs the cached jitted fold."""
+    if not callable(log_weight_fn):
+        raise ValueError(f"log_weight_fn must be a callable (B, n) -> (B,); got {type(log_weight_fn).__name__}.")
+    stat_name = "feature_fn" if second_moment else "stat_fn"
+    if stat_fn is not None and not callable(stat_fn):
+        raise ValueError(f"{stat_name} must be a callable of a (B, n) batch of states; got {type(stat_fn).__name__}.")
+    n = count("n", n)
     devices = _devices(devices)
+    chunk_size = _chunk_size(chunk_size)
+    dtype = _float_dtype(dtype) if dtype is not None else jnp.zeros(()).dtype
     check_enumerable(n, max_seconds=max_seconds, pairwise=False, num_devices=len(devices))
-    dtype = jnp.dtype(dtype) if dtype is not None else jnp.zeros(()).dtype
-    probe = jnp.zeros((2, n), dtype)
+    probe = jax.ShapeDtypeStruct((2, n), dtype)
     out = jax.eval_shape(log_weight_fn, probe)
-    if out.shape != (2,):
+    if not hasattr(out, "shape") or out.shape != (2,):
         raise ValueError(
             f"log_weight_fn must map a (B, n) batch of states to (B,) log weights; for B = 2 "
-            f"it returned shape {out.shape}."
+            f"it returned shape {getattr(out, 'shape', type(out).__name__)}."
         )
+    flops = 0.0
     if stat_fn is not None:
         stat_shapes = jax.eval_shape(stat_fn, probe)
-        stat_width = sum(int(np.prod(s.shape[1:])) for s in jax.tree_util.tree_leaves(stat_shapes))
+        leaves = jax.tree_util.tree_leaves(stat_shapes)
+        if not all(hasattr(s, "shape") and s.shape[:1] == (2,) for s in leaves):
+            raise ValueError(f"{stat_name} must map a (B, n) batch of states to arrays with leading axis B; for "
+                             f"B = 2 it returned {stat_shapes}.")
+        stat_width = sum(int(np.prod(s.shape[1:])) for s in leaves)
         if second_moment:
             if not (hasattr(stat_shapes, "shape") and len(stat_shapes.shape) == 2):
                 raise ValueError("feature_fn must map (B, n) states to a (B, p) array of features; got "
                                  f"{stat_shapes}.")
+            flops = 2.0 * stat_width**2
             stat_width = 2 * stat_width
     else:
-        stat_shapes, stat_width = None, 0
+        stat_width = 0
+    if flops:
+        p = stat_width // 2
+        check_enumerable(n, max_seconds=max_seconds, pairwise=False, num_devices=len(devices),
+                         flops_per_state=flops, detail=f" with a {p} x {p} second moment each")
     dtype = jnp.result_type(dtype, out.dtype)
     c = _generic_chunk_bits(n, chunk_size, stat_width)
-    num_chunks = 2 ** (n - c)
-
-    # Closed-over tracers (e.g. parameters being differentiated) become explicit operands,
-    # so the same code runs inside shard_map.
     fns = (log_weight_fn,) if stat_fn is None else (log_weight_fn, stat_fn)
-    chunk_probe = jnp.zeros((2**c, n), dtype)
-    converted, consts = jax.closure_convert(lambda x: tuple(f(x) for f in fns), chunk_probe)
+    # Closed-over arrays (e.g. parameters being differentiated) become explicit operands, so
+    # the same code runs inside shard_map, and the compiled fold is reused by the next call
+    # whose functions trace to the same program (new closures over new values included).
+    traced, consts = _cache.trace(lambda x: tuple(f(x) for f in fns), jax.ShapeDtypeStruct((2**c, n), dtype))
+    return _generic_fold(consts, traced=traced, n=n, c=c, dtype=dtype, devices=devices,
+                         has_stat=stat_fn is not None, second_moment=second_moment)
 
-    if stat_fn is None:
+
+@functools.partial(jax.jit, static_argnames=("traced", "n", "c", "dtype", "devices", "has_stat", "second_moment"))
+def _generic_fold(consts, *, traced, n, c, dtype, devices, has_stat, second_moment):
+    num_chunks = 2 ** (n - c)
+    if not has_stat:
         init_accs = ()
     elif second_moment:
-        p = stat_shapes.shape[1]
+        p = traced.out_shape[1].shape[1]
         init_accs = (jnp.zeros((p,), dtype), jnp.zeros((p, p), dtype))
     else:
-        init_accs = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape[1:], dtype), stat_shapes)
+        init_accs = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape[1:], dtype), traced.out_shape[1])
 
     @jax.checkpoint  # reverse mode stores only the fold per chunk, never the states
     def chunk_step(i, fold, ops):
         x = _chunk_states(i, n, c, dtype)
-        outs = converted(x, *ops)
+        outs = traced(ops, x)
         L = outs[0].astype(dtype)
-        if stat_fn is None:
+        if not has_stat:
             return _fold_update(fold, L, lambda P: ())
         stats = outs[1]
         if second_moment:
@@ -407,6 +555,14 @@ def _generic(log_weight_fn, stat_fn, n, chunk_size, max_seconds, devices, dtype,
     return _run_fold(chunk_step, init_accs, num_chunks, dtype, tuple(consts), devices)
 
 
+def _refuse_nan(value, name: str, what: str) -> None:
+    """Raises when a concrete result is NaN: the user's function produced NaN for some state."""
+    for leaf in jax.tree_util.tree_leaves(value):
+        if is_concrete(leaf) and np.isnan(np.asarray(leaf)).any():
+            raise ValueError(f"{name} returned NaN for some state, so {what} is NaN; check it for NaN "
+                             "(or 0 * inf) at every +-1 configuration.")
+
+
 def log_sum_exp_states(log_weight_fn: Callable[[Array], Array], n: int, *,
                        chunk_size: int | None = None, max_seconds: float | None = None,
                        devices: Sequence | None = None, dtype=None) -> Array:
@@ -418,6 +574,11 @@ def log_sum_exp_states(log_weight_fn: Callable[[Array], Array], n: int, *,
     combined with a running max-shifted, Kahan-compensated log-sum-exp; all ``2^n`` states
     are never held. Differentiable: reverse mode rematerialises each chunk
     (``jax.checkpoint``), so memory stays O(chunk).
+
+    Compiles once: ``log_weight_fn`` is traced (not compiled) on every call and the compiled
+    fold is cached on the traced program, so a new closure over new parameter values of the
+    same shapes reuses it. Arguments are validated eagerly (a NaN log Z, i.e. a function
+    that returns NaN for some state, raises); under a caller's ``jit`` values cannot raise.
 
     Args:
       log_weight_fn: maps a ``Float[Array, "B n"]`` batch of states to ``Float[Array, "B"]``.
@@ -432,6 +593,7 @@ def log_sum_exp_states(log_weight_fn: Callable[[Array], Array], n: int, *,
       Scalar :math:`\log Z`.
     """
     log_z, _ = _generic(log_weight_fn, None, n, chunk_size, max_seconds, devices, dtype)
+    _refuse_nan(log_z, "log_weight_fn", "log Z")
     return log_z
 
 
@@ -452,7 +614,10 @@ def expectation_states(log_weight_fn: Callable[[Array], Array], stat_fn: Callabl
       ``(log_z, expectations)`` where ``expectations`` has ``stat_fn``'s structure without
       the batch axis.
     """
-    return _generic(log_weight_fn, stat_fn, n, chunk_size, max_seconds, devices, dtype)
+    log_z, expectations = _generic(log_weight_fn, stat_fn, n, chunk_size, max_seconds, devices, dtype)
+    _refuse_nan(log_z, "log_weight_fn", "log Z")
+    _refuse_nan(expectations, "stat_fn", "its expectation")
+    return log_z, expectations
 
 
 def covariance_states(log_weight_fn: Callable[[Array], Array], feature_fn: Callable[[Array], Array], n: int, *,
@@ -474,6 +639,8 @@ def covariance_states(log_weight_fn: Callable[[Array], Array], feature_fn: Calla
     """
     log_z, (mean, second) = _generic(log_weight_fn, feature_fn, n, chunk_size, max_seconds, devices, dtype,
                                      second_moment=True)
+    _refuse_nan(log_z, "log_weight_fn", "log Z")
+    _refuse_nan((mean, second), "feature_fn", "its moments")
     return log_z, mean, second
 
 
@@ -503,10 +670,14 @@ def split_plan(n: int, *, inner_bits: int | None = None, chunk_size: int | None 
                budget_bits: int | None = None, num_devices: int = 1) -> SplitPlan:
     """Chooses inner block and chunk sizes for :func:`pairwise_log_partition` from a memory
     budget of ``2^budget_bits`` elements for a chunk's ``(C, 2^inner_bits)`` log-weight tile."""
-    if not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer; got {n!r}.")
+    n = count("n", n)
+    num_devices = count("num_devices", num_devices)
+    chunk_size = _chunk_size(chunk_size)
     backend = _backend()
-    budget = _SPLIT_BUDGET_BITS.get(backend, 20) if budget_bits is None else int(budget_bits)
+    budget = _SPLIT_BUDGET_BITS.get(backend, 20) if budget_bits is None else count("budget_bits", budget_bits,
+                                                                                    minimum=0)
+    if inner_bits is not None:
+        inner_bits = count("inner_bits", inner_bits, minimum=0)
     if inner_bits is None:
         inner_bits = min(n, _INNER_BITS.get(backend, 12), budget)
         # Leave enough outer chunks to feed every device.
@@ -516,8 +687,6 @@ def split_plan(n: int, *, inner_bits: int | None = None, chunk_size: int | None 
         raise ValueError(f"inner_bits must be in [0, min(n, 24)]; got {inner_bits}.")
     outer = n - inner_bits
     if chunk_size is not None:
-        if chunk_size < 1 or chunk_size & (chunk_size - 1):
-            raise ValueError(f"chunk_size must be a positive power of two; got {chunk_size}.")
         chunk_bits = min(outer, int(chunk_size).bit_length() - 1)
     else:
         chunk_bits = min(outer, max(0, budget - inner_bits))
@@ -529,6 +698,9 @@ def split_plan(n: int, *, inner_bits: int | None = None, chunk_size: int | None 
 
 
 def _check_pairwise(h, J):
+    """Validated ``(h, J)`` as float arrays (lists and NumPy accepted)."""
+    h = array("h", h, allow_empty=True)
+    J = array("J", J, allow_empty=True)
     check_ndim("h", h, 1, "a vector of fields of shape (n,)")
     check_ndim("J", J, 2, "a square coupling matrix of shape (n, n)")
     n = h.shape[0]
@@ -538,6 +710,7 @@ def _check_pairwise(h, J):
         raise ValueError("h must hold at least one spin.")
     check_finite("h", h)
     check_finite("J", J)
+    return h, J
 
 
 def _pairwise_pieces(h, J, plan: SplitPlan):
@@ -679,10 +852,11 @@ def _assemble_moments(inner, accs, n, nb):
 def _resolve(h, J, inner_bits, chunk_size, max_seconds, devices, engine):
     from jaxebm import kernels
 
-    h, J = jnp.asarray(h), jnp.asarray(J)
-    _check_pairwise(h, J)
+    h, J = _check_pairwise(h, J)
     devices = _devices(devices)
     engine = kernels.resolve(engine)
+    if inner_bits is not None:
+        inner_bits = count("inner_bits", inner_bits, minimum=0)
     n = h.shape[0]
     check_enumerable(n, max_seconds=max_seconds, num_devices=len(devices), what="n (spins)")
     budget = None
@@ -712,6 +886,20 @@ def _pairwise_log_z_jvp(plan, devices, engine, primals, tangents):
     return log_z, jnp.dot(mean, dh) + 0.5 * jnp.sum(corr * dJ)
 
 
+# The compiled work, cached on the static configuration (plan, devices, engine): eager calls
+# with new values of the same shapes compile nothing.
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _pairwise_log_z_jit(h, J, plan, devices, engine):
+    return _pairwise_log_z(h, J, plan, devices, engine)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _pairwise_moments_jit(h, J, plan, devices, engine):
+    (log_z, accs), inner = _pairwise_fold(h, J, plan, devices, with_moments=True, engine=engine)
+    mean, corr = _assemble_moments(inner, accs, plan.n, plan.inner_bits)
+    return log_z, mean, corr
+
+
 def pairwise_log_partition(h: ArrayLike, J: ArrayLike, *, inner_bits: int | None = None,
                            chunk_size: int | None = None, max_seconds: float | None = None,
                            devices: Sequence | None = None, engine: str | None = None) -> Array:
@@ -731,12 +919,17 @@ def pairwise_log_partition(h: ArrayLike, J: ArrayLike, *, inner_bits: int | None
       inner_bits: spins in the precomputed inner block (default: by backend).
       chunk_size: outer states per chunk, a power of two (default: from a memory budget).
       max_seconds: refuse (ValueError) if the estimated time exceeds this.
-      devices: devices to shard the state range across (default: all local devices).
+      devices: devices to shard the state range across (default: all local devices); pass
+        ``jax.devices()`` to span all processes of a ``jax.distributed`` run (module docstring).
       engine: ``"auto"`` (default), ``"xla"`` or ``"pallas"`` (the fused kernel of
         :mod:`jaxebm.kernels`; interpreted, hence slow, off GPU).
+
+    Shapes are checked at trace time and values (finite) whenever they are concrete; under a
+    caller's ``jit`` values cannot raise. The compiled pass is cached on the configuration,
+    so eager calls with new values of the same shapes compile once.
     """
     h, J, plan, devices, engine = _resolve(h, J, inner_bits, chunk_size, max_seconds, devices, engine)
-    return _pairwise_log_z(h, J, plan, devices, engine)
+    return _pairwise_log_z_jit(h, J, plan, devices, engine)
 
 
 def pairwise_moments(h: ArrayLike, J: ArrayLike, *, inner_bits: int | None = None,
@@ -760,17 +953,29 @@ def pairwise_moments(h: ArrayLike, J: ArrayLike, *, inner_bits: int | None = Non
       ``(log_z, mean (n,), corr (n, n))``, ``corr`` having a unit diagonal.
     """
     h, J, plan, devices, engine = _resolve(h, J, inner_bits, chunk_size, max_seconds, devices, engine)
-    (log_z, accs), inner = _pairwise_fold(h, J, plan, devices, with_moments=True, engine=engine)
-    mean, corr = _assemble_moments(inner, accs, plan.n, plan.inner_bits)
-    return log_z, mean, corr
+    return _pairwise_moments_jit(h, J, plan, devices, engine)
 
 
-def pairwise_row_log_weights(h: Array, J: Array, plan: SplitPlan):
+def pairwise_row_log_weights(h: ArrayLike, J: ArrayLike, plan: SplitPlan):
     """Per-outer-state log-sum-exp over the inner block: ``Float[Array, "2^outer_bits"]``.
 
     The log marginal weights of the outer spins, used by exact sampling. Holds
-    ``2^outer_bits`` numbers, so only for moderate ``n``.
+    ``2^outer_bits`` numbers, so only for moderate ``n``. ``plan`` comes from
+    :func:`split_plan` for the same ``n``.
     """
+    h, J = _check_pairwise(h, J)
+    if not isinstance(plan, SplitPlan):
+        raise ValueError(f"plan must be a SplitPlan from split_plan(n); got {type(plan).__name__}.")
+    if plan.n != h.shape[0]:
+        raise ValueError(f"plan must be made for n = {h.shape[0]} spins; it is for n = {plan.n}.")
+    if plan.outer_bits > 30:
+        raise ValueError(f"plan holds 2^{plan.outer_bits} outer states; at most 2^30 row weights can be held.")
+    dtype = jnp.result_type(h, J, jnp.float32)
+    return _row_log_weights(h.astype(dtype), J.astype(dtype), plan)
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _row_log_weights(h, J, plan: SplitPlan):
     dtype, inner, f_inner, J_ab, J_aa, h_a = _pairwise_pieces(h, J, plan)
     ops = (inner, f_inner, J_ab, J_aa, h_a)
 

@@ -11,12 +11,15 @@ scalar variance ``cov``). Densities are Cholesky-based; dtypes follow the inputs
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.scipy.linalg import cho_solve, solve_triangular
 
-from jaxebm._validation import check_finite, check_ndim, is_concrete
+from jaxebm._validation import array, check_finite, check_ndim, is_concrete
 from jaxebm.types import Array, ArrayLike
 
 HIGHEST = lax.Precision.HIGHEST
@@ -32,34 +35,81 @@ __all__ = [
 ]
 
 
-def _as_multivariate(x, mean, cov):
-    """Returns (x (..., d), mean (d,), cov (d, d), univariate flag) after shape checks."""
-    x, mean, cov = jnp.asarray(x), jnp.asarray(mean), jnp.asarray(cov)
-    dtype = jnp.result_type(x, mean, cov, jnp.float32)
-    x, mean, cov = x.astype(dtype), mean.astype(dtype), cov.astype(dtype)
+def _mean_cov(mean, cov, mean_name: str = "mean", cov_name: str = "cov"):
+    """Validated ``(mean (d,), cov (d, d), univariate)``: the univariate form (scalar mean and
+    variance) becomes ``d = 1``. Values (finite, symmetric, positive definite) are checked
+    when concrete."""
+    mean, cov = array(mean_name, mean), array(cov_name, cov)
     if mean.ndim == 0:
         if cov.ndim != 0:
-            raise ValueError(f"cov must be a scalar variance when mean is a scalar; got shape {cov.shape}.")
-        return x[..., None], mean[None], cov[None, None], True
-    check_ndim("mean", mean, 1, "a vector of shape (d,) or a scalar")
-    d = mean.shape[0]
-    if cov.shape != (d, d):
-        raise ValueError(f"cov must have shape ({d}, {d}) to match mean; got {cov.shape}.")
-    if x.ndim < 1 or x.shape[-1] != d:
-        raise ValueError(f"x must have last axis of size d = {d}; got shape {x.shape}.")
-    return x, mean, cov, False
+            raise ValueError(f"{cov_name} must be a scalar variance when {mean_name} is a scalar; got shape "
+                             f"{cov.shape}.")
+        mean, cov, univariate = mean[None], cov[None, None], True
+    else:
+        check_ndim(mean_name, mean, 1, "a vector of shape (d,) or a scalar")
+        d = mean.shape[0]
+        if cov.shape != (d, d):
+            raise ValueError(f"{cov_name} must have shape ({d}, {d}) to match {mean_name} of shape ({d},); got "
+                             f"{cov.shape}.")
+        univariate = False
+    check_finite(mean_name, mean)
+    _check_cov(cov_name, cov)
+    return mean, cov, univariate
 
 
-def _cholesky(cov):
+def _check_cov(name, cov):
     if is_concrete(cov):
-        check_finite("cov", cov)
+        check_finite(name, cov)
         c = np.asarray(cov, dtype=np.float64)
         if not np.allclose(c, c.T, rtol=1e-5, atol=1e-8 * max(1.0, np.abs(c).max())):
-            raise ValueError("cov must be symmetric.")
-        if np.linalg.eigvalsh(c).min() <= 0:
-            raise ValueError(
-                f"cov must be positive definite; its smallest eigenvalue is {np.linalg.eigvalsh(c).min():.3g}.")
-    return jnp.linalg.cholesky(cov)
+            raise ValueError(f"{name} must be symmetric.")
+        smallest = np.linalg.eigvalsh(c).min()
+        if smallest <= 0:
+            raise ValueError(f"{name} must be positive definite; its smallest eigenvalue is {smallest:.3g}.")
+
+
+def _points(x, d: int, univariate: bool, name: str = "x"):
+    """Validated points: (batch, d) or (d,) (univariate: (batch,) or a scalar), finite, not empty."""
+    x = array(name, x, allow_empty=True)
+    if univariate:
+        check_ndim(name, x, (0, 1), "a scalar or a vector of points for a univariate Gaussian")
+        x = x[..., None]
+    else:
+        check_ndim(name, x, (1, 2), f"a point of shape ({d},) or points of shape (batch, {d})")
+        if x.shape[-1] != d:
+            raise ValueError(f"{name} must have last axis of size d = {d}; got shape {x.shape}.")
+    if x.size == 0:
+        raise ValueError(f"{name} must hold at least one point; got shape {x.shape}.")
+    check_finite(name, x)
+    return x
+
+
+def _dtype(*arrays):
+    """The common floating dtype. Python scalars count as the default float dtype (float64
+    under x64), not as weakly typed values."""
+    return jnp.result_type(*(a.dtype for a in arrays), jnp.float32)
+
+
+def _as_multivariate(x, mean, cov):
+    """Returns (x (..., d), mean (d,), cov (d, d), univariate flag) after validation, in one
+    floating dtype."""
+    mean, cov, univariate = _mean_cov(mean, cov)
+    x = _points(x, mean.shape[0], univariate)
+    dtype = _dtype(x, mean, cov)
+    return x.astype(dtype), mean.astype(dtype), cov.astype(dtype), univariate
+
+
+def _log_pdf_core(x, mean, cov):
+    L = jnp.linalg.cholesky(cov)
+    d = mean.shape[0]
+    diff = (x - mean).reshape(-1, d)
+    z = solve_triangular(L, diff.T, lower=True)  # (d, batch)
+    maha = jnp.sum(z * z, axis=0).reshape(x.shape[:-1])
+    log_det = 2.0 * jnp.sum(jnp.log(jnp.diag(L)))
+    return -0.5 * (maha + log_det + d * jnp.log(2.0 * jnp.pi).astype(x.dtype))
+
+
+_log_pdf = jax.jit(_log_pdf_core)
 
 
 def log_pdf(x: ArrayLike, mean: ArrayLike, cov: ArrayLike) -> Array:
@@ -69,21 +119,19 @@ def log_pdf(x: ArrayLike, mean: ArrayLike, cov: ArrayLike) -> Array:
               - \tfrac d2 \ln 2\pi, \qquad \Sigma = L L^\top
 
     Args:
-      x: ``Float[Array, "... d"]`` points (``"..."`` in the univariate form).
+      x: ``Float[Array, "d"]`` or ``Float[Array, "batch d"]`` points (a scalar or
+        ``Float[Array, "batch"]`` in the univariate form; ``vmap`` for more batch axes).
       mean: ``Float[Array, "d"]`` (or scalar).
-      cov: ``Float[Array, "d d"]`` positive definite (or scalar variance).
+      cov: ``Float[Array, "d d"]`` symmetric positive definite (or a positive scalar variance).
+
+    Inputs are validated at the entry (shapes always; finite values, symmetry and positive
+    definiteness when concrete, so not under a caller's ``jit``).
 
     Returns:
-      ``Float[Array, "..."]``.
+      ``Float[Array, ""]`` or ``Float[Array, "batch"]``.
     """
-    x, mean, cov, _ = _as_multivariate(x, mean, cov)
-    L = _cholesky(cov)
-    d = mean.shape[0]
-    diff = (x - mean).reshape(-1, d)
-    z = solve_triangular(L, diff.T, lower=True)  # (d, batch)
-    maha = jnp.sum(z * z, axis=0).reshape(x.shape[:-1])
-    log_det = 2.0 * jnp.sum(jnp.log(jnp.diag(L)))
-    return -0.5 * (maha + log_det + d * jnp.log(2.0 * jnp.pi).astype(x.dtype))
+    x, mean, cov, univariate = _as_multivariate(x, mean, cov)
+    return _log_pdf(x, mean, cov)
 
 
 def pdf(x: ArrayLike, mean: ArrayLike, cov: ArrayLike) -> Array:
@@ -91,13 +139,18 @@ def pdf(x: ArrayLike, mean: ArrayLike, cov: ArrayLike) -> Array:
     return jnp.exp(log_pdf(x, mean, cov))
 
 
-def _precision_and_diff(x, mean, cov):
-    x, mean, cov, univariate = _as_multivariate(x, mean, cov)
-    L = _cholesky(cov)
-    eye = jnp.eye(mean.shape[0], dtype=cov.dtype)
+def _precision(cov):
+    L = jnp.linalg.cholesky(cov)
+    eye = jnp.eye(cov.shape[0], dtype=cov.dtype)
     precision = cho_solve((L, True), eye)
-    precision = 0.5 * (precision + precision.T)
-    return x, mean, cov, precision, univariate
+    return 0.5 * (precision + precision.T)
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _pdf_grad_mean(x, mean, cov, univariate):
+    density = jnp.exp(_log_pdf_core(x, mean, cov))
+    grad = density[..., None] * jnp.matmul(x - mean, _precision(cov), precision=HIGHEST)
+    return grad[..., 0] if univariate else grad
 
 
 def pdf_grad_mean(x: ArrayLike, mean: ArrayLike, cov: ArrayLike) -> Array:
@@ -109,10 +162,17 @@ def pdf_grad_mean(x: ArrayLike, mean: ArrayLike, cov: ArrayLike) -> Array:
     Returns:
       ``Float[Array, "... d"]`` (``"..."`` in the univariate form).
     """
-    x, mean, cov, precision, univariate = _precision_and_diff(x, mean, cov)
-    density = pdf(x, mean, cov)
-    grad = density[..., None] * jnp.matmul(x - mean, precision, precision=HIGHEST)
-    return grad[..., 0] if univariate else grad
+    x, mean, cov, univariate = _as_multivariate(x, mean, cov)
+    return _pdf_grad_mean(x, mean, cov, univariate)
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _pdf_grad_cov(x, mean, cov, univariate):
+    precision = _precision(cov)
+    density = jnp.exp(_log_pdf_core(x, mean, cov))
+    u = jnp.matmul(x - mean, precision, precision=HIGHEST)  # Sigma^-1 (x - mu)
+    grad = -0.5 * (precision - u[..., :, None] * u[..., None, :]) * density[..., None, None]
+    return grad[..., 0, 0] if univariate else grad
 
 
 def pdf_grad_cov(x: ArrayLike, mean: ArrayLike, cov: ArrayLike) -> Array:
@@ -130,20 +190,27 @@ def pdf_grad_cov(x: ArrayLike, mean: ArrayLike, cov: ArrayLike) -> Array:
     Returns:
       ``Float[Array, "... d d"]`` (``"..."`` in the univariate form).
     """
-    x, mean, cov, precision, univariate = _precision_and_diff(x, mean, cov)
-    density = pdf(x, mean, cov)
-    u = jnp.matmul(x - mean, precision, precision=HIGHEST)  # Sigma^-1 (x - mu)
-    grad = -0.5 * (precision - u[..., :, None] * u[..., None, :]) * density[..., None, None]
-    return grad[..., 0, 0] if univariate else grad
+    x, mean, cov, univariate = _as_multivariate(x, mean, cov)
+    return _pdf_grad_cov(x, mean, cov, univariate)
 
 
 def _check_samples(x) -> Array:
-    x = jnp.asarray(x)
+    x = array("x", x, allow_empty=True)
     check_ndim("x", x, (1, 2), "samples of shape (n,) (univariate) or (n, d)")
-    if x.shape[0] < 1:
-        raise ValueError("x must hold at least one sample.")
+    if x.shape[0] < 1 or x.size == 0:
+        raise ValueError(f"x must hold at least one sample; got shape {x.shape}.")
     check_finite("x", x)
     return x.astype(jnp.result_type(x, jnp.float32))
+
+
+@jax.jit
+def _mle(x):
+    mean = jnp.mean(x, axis=0)
+    centred = x - mean
+    if x.ndim == 1:
+        return mean, jnp.mean(centred * centred)
+    cov = jnp.matmul(centred.T, centred, precision=HIGHEST) / x.shape[0]
+    return mean, cov
 
 
 def mle(x: ArrayLike) -> tuple[Array, Array]:
@@ -155,18 +222,13 @@ def mle(x: ArrayLike) -> tuple[Array, Array]:
     Computed from centred data, so float32 does not cancel catastrophically.
 
     Args:
-      x: ``Float[Array, "n d"]`` samples, or ``Float[Array, "n"]`` for the univariate case.
+      x: ``Float[Array, "n d"]`` samples, or ``Float[Array, "n"]`` for the univariate case;
+        finite, at least one.
 
     Returns:
       ``(mean (d,), cov (d, d))``, or scalars ``(mean, variance)`` for 1-D input.
     """
-    x = _check_samples(x)
-    mean = jnp.mean(x, axis=0)
-    centred = x - mean
-    if x.ndim == 1:
-        return mean, jnp.mean(centred * centred)
-    cov = jnp.matmul(centred.T, centred, precision=HIGHEST) / x.shape[0]
-    return mean, cov
+    return _mle(_check_samples(x))
 
 
 def kl_to_data(x: ArrayLike, mean: ArrayLike, cov: ArrayLike) -> Array:
@@ -180,9 +242,32 @@ def kl_to_data(x: ArrayLike, mean: ArrayLike, cov: ArrayLike) -> Array:
     :math:`\tfrac d2 \ln 2\pi`; it is kept here so that ``kl_to_data == -mean(log_pdf)``.
     Erratum: the first line of (2.25) should read :math:`\ln p_0 - \ln q`, not
     :math:`\ln p_0 - q`.
+
+    Args:
+      x: samples ``(n, d)``, or ``(n,)`` with a scalar mean and variance.
     """
     x = _check_samples(x)
-    return -jnp.mean(log_pdf(x, mean, cov))
+    mean, cov, univariate = _mean_cov(mean, cov)
+    if not univariate and x.ndim != 2:
+        raise ValueError(f"x must be samples of shape (n, {mean.shape[0]}); got shape {x.shape}.")
+    x = _points(x, mean.shape[0], univariate)
+    dtype = _dtype(x, mean, cov)
+    return _kl_to_data(x.astype(dtype), mean.astype(dtype), cov.astype(dtype))
+
+
+@jax.jit
+def _kl_to_data(x, mean, cov):
+    return -jnp.mean(_log_pdf_core(x, mean, cov))
+
+
+@jax.jit
+def _kl(mean0, cov0, mean1, cov1):
+    L0, L1 = jnp.linalg.cholesky(cov0), jnp.linalg.cholesky(cov1)
+    d = mean0.shape[0]
+    M = solve_triangular(L1, L0, lower=True)  # L1^-1 L0, so tr(S1^-1 S0) = ||M||_F^2
+    z = solve_triangular(L1, mean1 - mean0, lower=True)
+    log_det = 2.0 * (jnp.sum(jnp.log(jnp.diag(L1))) - jnp.sum(jnp.log(jnp.diag(L0))))
+    return 0.5 * (jnp.sum(M * M) + jnp.sum(z * z) - d + log_det)
 
 
 def kl(mean0: ArrayLike, cov0: ArrayLike, mean1: ArrayLike, cov1: ArrayLike) -> Array:
@@ -191,13 +276,9 @@ def kl(mean0: ArrayLike, cov0: ArrayLike, mean1: ArrayLike, cov1: ArrayLike) -> 
     .. math:: \tfrac12\Big(\mathrm{tr}(\Sigma_1^{-1}\Sigma_0) + (\mu_1-\mu_0)^\top
               \Sigma_1^{-1}(\mu_1-\mu_0) - d + \ln\frac{\det\Sigma_1}{\det\Sigma_0}\Big)
     """
-    _, mean0, cov0, _ = _as_multivariate(jnp.zeros(jnp.shape(mean0)), mean0, cov0)
-    _, mean1, cov1, _ = _as_multivariate(jnp.zeros(jnp.shape(mean1)), mean1, cov1)
+    mean0, cov0, _ = _mean_cov(mean0, cov0, "mean0", "cov0")
+    mean1, cov1, _ = _mean_cov(mean1, cov1, "mean1", "cov1")
     if mean0.shape != mean1.shape:
         raise ValueError(f"mean0 and mean1 must have the same shape; got {mean0.shape} and {mean1.shape}.")
-    L0, L1 = _cholesky(cov0), _cholesky(cov1)
-    d = mean0.shape[0]
-    M = solve_triangular(L1, L0, lower=True)  # L1^-1 L0, so tr(S1^-1 S0) = ||M||_F^2
-    z = solve_triangular(L1, mean1 - mean0, lower=True)
-    log_det = 2.0 * (jnp.sum(jnp.log(jnp.diag(L1))) - jnp.sum(jnp.log(jnp.diag(L0))))
-    return 0.5 * (jnp.sum(M * M) + jnp.sum(z * z) - d + log_det)
+    dtype = _dtype(mean0, cov0, mean1, cov1)
+    return _kl(*(a.astype(dtype) for a in (mean0, cov0, mean1, cov1)))

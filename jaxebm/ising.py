@@ -8,11 +8,19 @@ r"""The fully-visible Ising Boltzmann machine of chapter 2.5, with exact quantit
 :math:`\tfrac12 x^\top J x + h^\top x`: each pair is counted once, as the notes'
 :math:`\sum_{k \ne l}` means. Every quantity here is exact (enumeration over all
 :math:`2^n` states by :mod:`jaxebm.enumeration`), and works in float32 or float64.
+
+Every public function validates its inputs at the entry (:func:`validate_params`,
+:func:`validate_data`): shapes at trace time, values (finite, +-1, symmetric ``J`` with zero
+diagonal) whenever they are concrete. Under a caller's ``jit`` values cannot raise: call
+``validate_params`` / ``validate_data`` eagerly first. NumPy arrays and Python lists are
+accepted and converted. The compiled work is cached on its static configuration, so eager
+calls with new values of the same shapes compile once.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -22,10 +30,14 @@ from jax import lax
 
 from jaxebm import enumeration
 from jaxebm._validation import (
+    array,
     check_finite,
     check_ndim,
     check_spins,
     check_symmetric_zero_diagonal,
+    count,
+    finite_scalar,
+    is_concrete,
 )
 from jaxebm.types import Array, ArrayLike, PRNGKey
 
@@ -68,32 +80,58 @@ class IsingParams(NamedTuple):
     J: Array
 
 
-def validate_params(params: IsingParams) -> None:
-    """Raises ValueError on bad shapes (always) and, for concrete arrays, on non-finite
-    values, asymmetric ``J`` or a non-zero diagonal."""
+def validate_params(params: IsingParams, name: str = "params") -> IsingParams:
+    """Checks an Ising model and returns it with JAX float arrays (NumPy arrays and Python
+    lists accepted), ready to close over or ``vmap``.
+
+    Raises ValueError naming the field on: a wrong type, empty or mismatched shapes
+    (always, also at trace time), and, whenever the arrays are concrete, on NaN/inf,
+    an asymmetric ``J`` or a non-zero diagonal. Under ``jit`` values are not checked (they
+    are tracers): call this eagerly on the inputs first to check a jitted computation.
+    Every public function of this module calls it at its entry.
+    """
     if not isinstance(params, IsingParams):
-        raise ValueError(f"params must be an IsingParams(h, J); got {type(params).__name__}.")
-    h, J = params
-    check_ndim("params.h", h, 1, "a vector of fields of shape (n,)")
-    check_ndim("params.J", J, 2, "a coupling matrix of shape (n, n)")
-    n = np.shape(h)[0]
-    if np.shape(J) != (n, n):
-        raise ValueError(f"params.J must have shape ({n}, {n}) to match params.h; got {np.shape(J)}.")
-    check_finite("params.h", h)
-    check_finite("params.J", J)
-    check_symmetric_zero_diagonal("params.J", J)
+        raise ValueError(f"{name} must be an IsingParams(h, J); got {type(params).__name__}.")
+    h = array(f"{name}.h", params.h, allow_empty=True)
+    J = array(f"{name}.J", params.J, allow_empty=True)
+    check_ndim(f"{name}.h", h, 1, "a vector of fields of shape (n,)")
+    check_ndim(f"{name}.J", J, 2, "a coupling matrix of shape (n, n)")
+    n = h.shape[0]
+    if n < 1:
+        raise ValueError(f"{name}.h must hold at least one spin; got shape {h.shape}.")
+    if J.shape != (n, n):
+        raise ValueError(f"{name}.J must have shape ({n}, {n}) to match {name}.h; got {J.shape}.")
+    check_finite(f"{name}.h", h)
+    check_finite(f"{name}.J", J)
+    check_symmetric_zero_diagonal(f"{name}.J", J)
+    return IsingParams(h, J)
 
 
 def validate_data(data: ArrayLike, n: int | None = None, name: str = "data") -> Array:
-    """Checks a ``(num_samples, n)`` batch of +-1 spins and returns it as an array."""
+    """Checks a ``(num_samples, n)`` batch of +-1 spins and returns it as a float array
+    (NumPy, lists and integer +-1 data accepted). Values are checked when concrete."""
+    data = array(name, data, allow_empty=True)
     check_ndim(name, data, 2, "a batch of spin configurations of shape (num_samples, n)")
-    if n is not None and np.shape(data)[1] != n:
-        raise ValueError(f"{name} must have {n} columns (spins); got shape {np.shape(data)}.")
-    if np.shape(data)[0] < 1:
-        raise ValueError(f"{name} must hold at least one sample.")
+    if n is not None and data.shape[1] != n:
+        raise ValueError(f"{name} must have {n} columns (spins); got shape {data.shape}.")
+    if data.shape[0] < 1 or data.shape[1] < 1:
+        raise ValueError(f"{name} must hold at least one sample of at least one spin; got shape {data.shape}.")
     check_finite(name, data)
     check_spins(name, data)
-    return jnp.asarray(data)
+    return data
+
+
+def _spins_arg(name: str, x, n: int) -> Array:
+    """``x`` as spins of shape (n,) or (batch, n)."""
+    x = array(name, x, allow_empty=True)
+    check_ndim(name, x, (1, 2), "spins of shape (n,) or (batch, n)")
+    if x.shape[-1] != n:
+        raise ValueError(f"{name} must have {n} spins in its last axis; got shape {x.shape}.")
+    if x.size == 0:
+        raise ValueError(f"{name} must not be empty; got shape {x.shape}.")
+    check_finite(name, x)
+    check_spins(name, x)
+    return x
 
 
 def log_weight(params: IsingParams, x: ArrayLike) -> Array:
@@ -101,14 +139,21 @@ def log_weight(params: IsingParams, x: ArrayLike) -> Array:
 
     Args:
       params: the model.
-      x: ``Float[Array, "... n"]`` spins; leading axes broadcast.
+      x: ``Float[Array, "n"]`` or ``Float[Array, "batch n"]`` spins in {-1, +1} (``vmap``
+        for more batch axes).
 
     Returns:
-      ``Float[Array, "..."]``.
+      ``Float[Array, ""]`` or ``Float[Array, "batch"]``.
     """
-    x = jnp.asarray(x)
-    Jx = jnp.matmul(x, params.J, precision=HIGHEST)  # J is symmetric
-    return 0.5 * jnp.sum(Jx * x, axis=-1) + jnp.matmul(x, params.h, precision=HIGHEST)
+    params = validate_params(params)
+    x = _spins_arg("x", x, params.h.shape[0])
+    return _log_weight(params.h, params.J, x)
+
+
+@jax.jit
+def _log_weight(h, J, x):
+    Jx = jnp.matmul(x, J, precision=HIGHEST)  # J is symmetric
+    return 0.5 * jnp.sum(Jx * x, axis=-1) + jnp.matmul(x, h, precision=HIGHEST)
 
 
 def energy(params: IsingParams, x: ArrayLike) -> Array:
@@ -119,8 +164,9 @@ def energy(params: IsingParams, x: ArrayLike) -> Array:
 def init(key: PRNGKey, n: int, scale: float = 0.01, dtype=jnp.float32) -> IsingParams:
     """Small random initial parameters: ``h, J_kl ~ N(0, scale^2)``, ``J`` symmetric with zero
     diagonal."""
-    if n < 1:
-        raise ValueError(f"n must be a positive integer; got {n}.")
+    n = count("n", n)
+    scale = finite_scalar("scale", scale, minimum=0.0)
+    dtype = enumeration._float_dtype(dtype)
     key_h, key_J = jax.random.split(key)
     h = scale * jax.random.normal(key_h, (n,), dtype)
     upper = jnp.triu(scale * jax.random.normal(key_J, (n, n), dtype), 1)
@@ -131,6 +177,10 @@ def sherrington_kirkpatrick(key: PRNGKey, n: int, beta: float = 1.0, field_std: 
                             dtype=jnp.float32) -> IsingParams:
     r"""An SK spin glass at inverse temperature ``beta``: :math:`J_{kl} \sim N(0, \beta^2/n)`,
     :math:`h_k \sim N(0, \text{field\_std}^2)`. The spin-glass transition is at beta = 1."""
+    n = count("n", n)
+    beta = finite_scalar("beta", beta, minimum=0.0)
+    field_std = finite_scalar("field_std", field_std, minimum=0.0)
+    dtype = enumeration._float_dtype(dtype)
     key_h, key_J = jax.random.split(key)
     upper = jnp.triu(jax.random.normal(key_J, (n, n), dtype) * (beta / np.sqrt(n)), 1)
     h = field_std * jax.random.normal(key_h, (n,), dtype)
@@ -149,11 +199,32 @@ def log_partition(params: IsingParams, *, max_seconds: float | None = None, **en
     Args:
       params: the model.
       max_seconds: refuse (ValueError, with state count and time estimate) beyond this.
-      **engine: ``inner_bits``, ``chunk_size``, ``devices`` for
+      **engine: ``inner_bits``, ``chunk_size``, ``devices``, ``engine`` for
         :func:`jaxebm.enumeration.pairwise_log_partition`.
+
+    Like every function here it validates its inputs at the entry (:func:`validate_params`;
+    values only when concrete, so not under a caller's ``jit``) and runs cached compiled
+    work: eager calls with new values of the same shapes compile once.
     """
-    validate_params(params)
-    return enumeration.pairwise_log_partition(params.h, params.J, max_seconds=max_seconds, **engine)
+    h, J, cfg = _config(params, max_seconds, engine)
+    return enumeration._pairwise_log_z_jit(h, J, *cfg)
+
+
+_ENGINE_KEYS = ("inner_bits", "chunk_size", "devices", "engine")
+
+
+def _config(params, max_seconds, engine, name: str = "params"):
+    """Validated ``(h, J)`` and the static enumeration configuration ``(plan, devices,
+    engine)`` on which the compiled work is cached."""
+    unknown = sorted(set(engine) - set(_ENGINE_KEYS))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {', '.join(map(repr, unknown))}; the enumeration "
+                        f"options are {', '.join(_ENGINE_KEYS)}.")
+    params = validate_params(params, name)
+    h, J, plan, devices, eng = enumeration._resolve(params.h, params.J, engine.get("inner_bits"),
+                                                    engine.get("chunk_size"), max_seconds, engine.get("devices"),
+                                                    engine.get("engine"))
+    return h, J, (plan, devices, eng)
 
 
 def moments(params: IsingParams, *, max_seconds: float | None = None, **engine) -> tuple[Array, Array]:
@@ -162,27 +233,34 @@ def moments(params: IsingParams, *, max_seconds: float | None = None, **engine) 
     Returns:
       ``(mean (n,), corr (n, n))`` with ``corr`` having a unit diagonal.
     """
-    validate_params(params)
-    _, mean, corr = enumeration.pairwise_moments(params.h, params.J, max_seconds=max_seconds,
-                                                 **engine)
+    h, J, cfg = _config(params, max_seconds, engine)
+    _, mean, corr = enumeration._pairwise_moments_jit(h, J, *cfg)
     return mean, corr
 
 
 def log_prob(params: IsingParams, x: ArrayLike, **engine) -> Array:
-    r"""Exact :math:`\log q_\theta(x) = \tfrac12 x^\top J x + h^\top x - \log Z` (Eq. (2.28))."""
-    x = jnp.asarray(x)
-    check_ndim("x", x, (1, 2), "spins of shape (n,) or (batch, n)")
-    if x.shape[-1] != np.shape(params.h)[0]:
-        raise ValueError(f"x must have {np.shape(params.h)[0]} spins in its last axis; got {x.shape}.")
-    check_spins("x", x)
-    return log_weight(params, x) - log_partition(params, **engine)
+    r"""Exact :math:`\log q_\theta(x) = \tfrac12 x^\top J x + h^\top x - \log Z` (Eq. (2.28)).
+
+    ``x``: spins of shape ``(n,)`` or ``(batch, n)``."""
+    h, J, cfg = _config(params, engine.pop("max_seconds", None), engine)
+    x = _spins_arg("x", x, h.shape[0])
+    return _log_prob(h, J, x, *cfg)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _log_prob(h, J, x, plan, devices, engine):
+    return _log_weight(h, J, x.astype(h.dtype)) - enumeration._pairwise_log_z(h, J, plan, devices, engine)
 
 
 def data_moments(data: ArrayLike) -> tuple[Array, Array]:
     r"""Empirical moments :math:`\frac1M \sum_i x^{(i)}` and :math:`\frac1M \sum_i x^{(i)} x^{(i)\top}`,
     the data side of Eq. (2.31)-(2.32). The diagonal of the second moment is exactly 1
     (:math:`x_k^2 = 1`), not a float32 mean of ones."""
-    data = validate_data(data)
+    return _data_moments(validate_data(data))
+
+
+@jax.jit
+def _data_moments(data):
     m = data.shape[0]
     mean = jnp.mean(data, axis=0)
     corr = jnp.matmul(data.T, data, precision=HIGHEST) / m
@@ -196,14 +274,32 @@ def nll_from_moments(params: IsingParams, mean: ArrayLike, corr: ArrayLike, **en
               \overline{x_k x_l}
 
     The exponential family depends on the data only through these moments, so training
-    loops compute them once (:func:`data_moments`)."""
-    mean, corr = jnp.asarray(mean), jnp.asarray(corr)
-    n = np.shape(params.h)[0]
-    if mean.shape != (n,) or corr.shape != (n, n):
-        raise ValueError(f"mean and corr must have shapes ({n},) and ({n}, {n}); got {mean.shape} and "
-                         f"{corr.shape}.")
-    data_term = jnp.dot(params.h, mean, precision=HIGHEST) + 0.5 * jnp.sum(params.J * corr)
-    return log_partition(params, **engine) - data_term
+    loops compute them once (:func:`data_moments`). ``mean`` and ``corr`` must be finite
+    with entries in [-1, 1] (checked when concrete)."""
+    h, J, cfg = _config(params, engine.pop("max_seconds", None), engine)
+    n = h.shape[0]
+    mean, corr = _moment_arg("mean", mean, (n,)), _moment_arg("corr", corr, (n, n))
+    return _nll_from_moments(h, J, mean.astype(h.dtype), corr.astype(h.dtype), *cfg)
+
+
+def _moment_arg(name, value, shape):
+    value = array(name, value)
+    if value.shape != shape:
+        raise ValueError(f"{name} must have shape {shape} for n = {shape[0]} spins; got {value.shape}.")
+    check_finite(name, value)
+    if is_concrete(value) and np.any(np.abs(np.asarray(value)) > 1 + 1e-5):
+        raise ValueError(f"{name} must hold moments of +-1 spins, in [-1, 1]; got max |{name}| = "
+                         f"{float(np.max(np.abs(np.asarray(value)))):.6g}.")
+    return value
+
+
+def _data_term(h, J, mean, corr):
+    return jnp.dot(h, mean, precision=HIGHEST) + 0.5 * jnp.sum(J * corr)
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+def _nll_from_moments(h, J, mean, corr, plan, devices, engine):
+    return enumeration._pairwise_log_z(h, J, plan, devices, engine) - _data_term(h, J, mean, corr)
 
 
 def nll(params: IsingParams, data: ArrayLike, **engine) -> Array:
@@ -217,16 +313,29 @@ def nll(params: IsingParams, data: ArrayLike, **engine) -> Array:
     Its gradient is the moment difference :math:`\langle\phi\rangle_\theta - \langle\phi\rangle_{data}`,
     exactly zero on the diagonal of ``J``.
     """
-    data = validate_data(data, np.shape(params.h)[0])
-    mean, corr = data_moments(data.astype(jnp.result_type(params.h, jnp.float32)))
-    return nll_from_moments(params, mean, corr, **engine)
+    h, J, cfg = _config(params, engine.pop("max_seconds", None), engine)
+    data = validate_data(data, h.shape[0])
+    return _nll(h, J, data.astype(h.dtype), *cfg)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _nll(h, J, data, plan, devices, engine):
+    mean, corr = _data_moments(data)
+    return enumeration._pairwise_log_z(h, J, plan, devices, engine) - _data_term(h, J, mean, corr)
 
 
 def moment_residual(params: IsingParams, data: ArrayLike, **engine) -> Array:
     r"""Largest violation of the moment-matching conditions (2.31)-(2.32):
     :math:`\max(\max_k |m_k - \langle x_k\rangle|, \max_{k<l} |C_{kl} - \langle x_k x_l\rangle|)`."""
-    mean_d, corr_d = data_moments(data)
-    mean_m, corr_m = moments(params, **engine)
+    h, J, cfg = _config(params, engine.pop("max_seconds", None), engine)
+    data = validate_data(data, h.shape[0])
+    return _moment_residual(h, J, data.astype(h.dtype), *cfg)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _moment_residual(h, J, data, plan, devices, engine):
+    mean_d, corr_d = _data_moments(data)
+    _, mean_m, corr_m = enumeration._pairwise_moments_jit(h, J, plan, devices, engine)
     return jnp.maximum(jnp.max(jnp.abs(mean_d - mean_m)), jnp.max(jnp.abs(corr_d - corr_m)))
 
 
@@ -237,11 +346,21 @@ def kl(params_p: IsingParams, params_q: IsingParams, **engine) -> Array:
               + \tfrac12 \sum_{kl} (J_p - J_q)_{kl} \langle x_k x_l\rangle_p
               - \log Z_p + \log Z_q
     """
-    validate_params(params_q)
-    log_zp, mean_p, corr_p = enumeration.pairwise_moments(params_p.h, params_p.J, **engine)
-    log_zq = log_partition(params_q, **engine)
-    dh, dJ = params_p.h - params_q.h, params_p.J - params_q.J
-    return jnp.dot(dh, mean_p) + 0.5 * jnp.sum(dJ * corr_p) - log_zp + log_zq
+    max_seconds = engine.pop("max_seconds", None)
+    hp, Jp, cfg = _config(params_p, max_seconds, dict(engine), name="params_p")
+    hq, Jq, _ = _config(params_q, max_seconds, dict(engine), name="params_q")
+    if hq.shape != hp.shape:
+        raise ValueError(f"params_p and params_q must have the same number of spins; got {hp.shape[0]} and "
+                         f"{hq.shape[0]}.")
+    dtype = jnp.result_type(hp, hq)
+    return _kl(hp.astype(dtype), Jp.astype(dtype), hq.astype(dtype), Jq.astype(dtype), *cfg)
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+def _kl(hp, Jp, hq, Jq, plan, devices, engine):
+    log_zp, mean_p, corr_p = enumeration._pairwise_moments_jit(hp, Jp, plan, devices, engine)
+    log_zq = enumeration._pairwise_log_z(hq, Jq, plan, devices, engine)
+    return _data_term(hp - hq, Jp - Jq, mean_p, corr_p) - log_zp + log_zq
 
 
 def _inverse_cdf(key: PRNGKey, logits: Array, num_samples: int) -> Array:
@@ -262,14 +381,20 @@ def _inverse_cdf(key: PRNGKey, logits: Array, num_samples: int) -> Array:
 
 def to_flat(params: IsingParams) -> Array:
     """Flat coordinates ``theta = (h, J[np.triu_indices(n, 1)])`` of Eq. (2.31)-(2.32)."""
-    n = np.shape(params.h)[0]
-    iu = np.triu_indices(n, 1)
-    return jnp.concatenate([params.h, params.J[iu]])
+    params = validate_params(params)
+    return _to_flat(params.h, params.J)
+
+
+def _to_flat(h, J):
+    iu = np.triu_indices(h.shape[0], 1)
+    return jnp.concatenate([h, J[iu]])
 
 
 def from_flat(theta: ArrayLike, n: int) -> IsingParams:
     """Inverse of :func:`to_flat`: a symmetric, zero-diagonal ``J`` from its upper triangle."""
-    theta = jnp.asarray(theta)
+    n = count("n", n)
+    theta = array("theta", theta)
+    check_finite("theta", theta)
     if theta.shape != (n + n * (n - 1) // 2,):
         raise ValueError(f"theta must have shape ({n + n * (n - 1) // 2},) for n = {n}; got {theta.shape}.")
     iu = np.triu_indices(n, 1)
@@ -279,10 +404,15 @@ def from_flat(theta: ArrayLike, n: int) -> IsingParams:
 
 def sufficient_statistics(x: ArrayLike) -> Array:
     r"""The sufficient statistics :math:`\phi(x) = (x_k;\ x_k x_l,\ k<l)` in the order of
-    :func:`to_flat`, so that :math:`\log w(x) = \theta^\top \phi(x)`."""
-    x = jnp.asarray(x)
-    n = x.shape[-1]
-    iu = np.triu_indices(n, 1)
+    :func:`to_flat`, so that :math:`\log w(x) = \theta^\top \phi(x)`. ``x``: spins of shape
+    ``(n,)`` or ``(batch, n)``."""
+    x = array("x", x, allow_empty=True)
+    check_ndim("x", x, (1, 2), "spins of shape (n,) or (batch, n)")
+    return _phi(_spins_arg("x", x, x.shape[-1]))
+
+
+def _phi(x):
+    iu = np.triu_indices(x.shape[-1], 1)
     return jnp.concatenate([x, x[..., iu[0]] * x[..., iu[1]]], axis=-1)
 
 
@@ -296,15 +426,30 @@ def fisher(params: IsingParams, *, max_seconds: float | None = None, chunk_size:
     the derivative of the moment conditions (2.31)-(2.32). Computed by one streamed pass
     whose per-chunk contribution is the matmul :math:`\Phi^\top \mathrm{diag}(p) \Phi`.
 
+    Its cost is :math:`2^n` states times :math:`2p^2` flops for the second moment: the
+    time estimate counts both, and refuses (ValueError, with the state count and the
+    estimated time) beyond ``max_seconds`` (default
+    :data:`jaxebm.enumeration.DEFAULT_MAX_SECONDS`; e.g. n = 28 on a CPU).
+
     Returns:
       ``Float[Array, "p p"]`` with ``p = n + n(n-1)/2``.
     """
-    validate_params(params)
-    n = np.shape(params.h)[0]
-    theta = to_flat(params)
+    params = validate_params(params)
+    n = params.h.shape[0]
+    p = n + n * (n - 1) // 2
+    chunk_size = enumeration._chunk_size(chunk_size)
+    enumeration.check_enumerable(n, max_seconds=max_seconds, pairwise=False, what="n (spins)",
+                                 flops_per_state=2.0 * p * p,
+                                 detail=f" with p^2 = {p * p:,} products of the p = {p} sufficient statistics each")
+    dtype = jnp.result_type(params.h, params.J, jnp.float32)
+    return _fisher(params.h.astype(dtype), params.J.astype(dtype), chunk_size)
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _fisher(h, J, chunk_size):
+    theta = _to_flat(h, J)
     _, mean, second = enumeration.covariance_states(
-        lambda x: sufficient_statistics(x) @ theta, sufficient_statistics, n, max_seconds=max_seconds,
-        chunk_size=chunk_size)
+        lambda x: _phi(x) @ theta, _phi, h.shape[0], max_seconds=math.inf, chunk_size=chunk_size)
     cov = second - jnp.outer(mean, mean)
     return 0.5 * (cov + cov.T)
 
@@ -329,8 +474,13 @@ def fit(optimizer, params: IsingParams, data: ArrayLike, num_steps: int, *, metr
     """
     from jaxebm import optim
 
-    data = validate_data(data, np.shape(params.h)[0])
-    mean, corr = data_moments(data.astype(params.h.dtype))
+    num_steps = count("num_steps", num_steps)
+    if metrics_fn is not None and not callable(metrics_fn):
+        raise ValueError(f"metrics_fn must be callable or None; got {type(metrics_fn).__name__}.")
+    h, J, _ = _config(params, engine.get("max_seconds"), {k: v for k, v in engine.items() if k != "max_seconds"})
+    params = IsingParams(h, J)
+    data = validate_data(data, h.shape[0])
+    mean, corr = _data_moments(data.astype(h.dtype))
 
     def metrics(params, value, grads, opt_state):
         # grad_h = <x> - mean, grad_J = (<xx> - corr)/2: the largest moment violation.
@@ -356,11 +506,9 @@ def sample_exact(key: PRNGKey, params: IsingParams, num_samples: int, *,
     Returns:
       ``Float[Array, "num_samples n"]`` spins in {-1, +1}.
     """
-    validate_params(params)
-    if int(num_samples) < 1:
-        raise ValueError(f"num_samples must be a positive integer; got {num_samples}.")
-    num_samples = int(num_samples)
-    h, J = jnp.asarray(params.h), jnp.asarray(params.J)
+    params = validate_params(params)
+    num_samples = count("num_samples", num_samples)
+    h, J = params
     n = h.shape[0]
     enumeration.check_enumerable(n, max_seconds=max_seconds, what="n (spins)")
     nb = min(n, 10)

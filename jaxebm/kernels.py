@@ -42,6 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxebm._validation import check_ndim, choice, count
+
 HIGHEST = lax.Precision.HIGHEST
 ENGINES = ("auto", "xla", "pallas")
 
@@ -70,7 +72,29 @@ def _triton(num_warps: int = 4):
 
 def padded(k: int) -> int:
     """Contraction width ``k`` rounded up to a multiple of :data:`PAD` (at least ``PAD``)."""
+    k = count("k", k, minimum=0)
     return max(PAD, -(-k // PAD) * PAD)
+
+
+def _check_operands(names_shapes):
+    """Shape checks at trace time: ``(name, array, ndim, {axis: (size, what)})``."""
+    arrays = []
+    for name, x, ndim, sizes in names_shapes:
+        check_ndim(name, x, ndim, f"a {ndim}-d array")
+        for axis, (size, what) in sizes.items():
+            if x.shape[axis] != size:
+                raise ValueError(f"{name} must have {size} entries along axis {axis} ({what}); got shape {x.shape}.")
+        arrays.append(x)
+    for (name, *_), x in zip(names_shapes, arrays):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(f"{name} must be a floating array; got dtype {x.dtype}.")
+
+
+def _tile(name: str, value: int) -> int:
+    value = count(name, value)
+    if value & (value - 1):
+        raise ValueError(f"{name} must be a power of two; got {value}.")
+    return value
 
 
 def _call(build, args, interpret: bool | None):
@@ -140,8 +164,16 @@ def pairwise_rows(u, f_outer, inner_t, f_inner, *, with_moments: bool = False,
       program ``g``'s column sums of :math:`e^{L_{ij} - \text{shift}}`, tile by tile.
     """
     pl = _pl()
+    tile_rows, tile_inner = _tile("tile_rows", tile_rows), _tile("tile_inner", tile_inner)
+    check_ndim("u", u, 2, "cross coefficients of shape (C, K)")
+    check_ndim("inner_t", inner_t, 2, "transposed inner spins of shape (K, 2^b)")
     C, K = u.shape
     NB = inner_t.shape[1]
+    _check_operands([("u", u, 2, {}), ("f_outer", f_outer, 1, {0: (C, "one per outer state, as u")}),
+                     ("inner_t", inner_t, 2, {0: (K, "the contraction width of u")}),
+                     ("f_inner", f_inner, 1, {0: (NB, "one per inner state, as inner_t")})])
+    if K % PAD:
+        raise ValueError(f"u must have a contraction width K that is a multiple of {PAD} (zero-padded); got {K}.")
     ta, tb = min(tile_rows, C), min(tile_inner, NB)
     if C % ta or NB % tb:
         raise ValueError(f"tile sizes ({ta}, {tb}) must divide the problem ({C}, {NB}).")
@@ -226,8 +258,16 @@ def rbm_rows(out_field, f_outer, table, f_inner, *, tile_rows: int = 4, tile_inn
     columns, each adding exactly :math:`\log 2` per state, and subtract that from ``f_outer``.
     """
     pl = _pl()
+    tile_rows, tile_inner = _tile("tile_rows", tile_rows), _tile("tile_inner", tile_inner)
+    tile_units = _tile("tile_units", tile_units)
+    check_ndim("out_field", out_field, 2, "pre-activations of shape (C, V)")
+    check_ndim("table", table, 2, "inner pre-activations of shape (2^b, V)")
     C, V = out_field.shape
     NB = table.shape[0]
+    _check_operands([("out_field", out_field, 2, {}),
+                     ("f_outer", f_outer, 1, {0: (C, "one per outer state, as out_field")}),
+                     ("table", table, 2, {1: (V, "the units of out_field")}),
+                     ("f_inner", f_inner, 1, {0: (NB, "one per inner state, as table")})])
     ta, tb, tv = min(tile_rows, C), min(tile_inner, NB), min(tile_units, V)
     if C % ta or NB % tb or V % tv:
         raise ValueError(f"tile sizes ({ta}, {tb}, {tv}) must divide the problem ({C}, {NB}, {V}).")
@@ -275,9 +315,7 @@ def _probe(backend: str) -> bool:
 
 def resolve(engine: str | None) -> str:
     """``"xla"`` or ``"pallas"`` for an ``engine`` argument (``None`` means ``"auto"``)."""
-    engine = "auto" if engine is None else engine
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}; got {engine!r}.")
+    engine = choice("engine", "auto" if engine is None else engine, ENGINES)
     if engine != "auto":
         return engine
     backend = jax.default_backend()

@@ -8,6 +8,7 @@ and this runs ``value_and_grad -> update(..., value_fn=...) -> apply_updates`` f
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -15,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxebm import _cache
+from jaxebm._validation import count
 from jaxebm.types import Array, PyTree
 
 __all__ = ["History", "run"]
@@ -46,7 +49,19 @@ def run(optimizer: optax.GradientTransformation, loss_fn: Callable[..., Array], 
 
     Returns:
       ``(params, opt_state, History)``.
+
+    The loop is one ``lax.scan`` of fixed length (no tolerance, hence no convergence
+    warning). One step is traced on each call and the compiled scan is cached on the traced
+    program, so eager calls with new values of the same shapes (new closures, a new optimiser
+    with the same hyperparameters) compile once.
     """
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise ValueError(f"optimizer must be an optax GradientTransformation; got {type(optimizer).__name__}.")
+    if not callable(loss_fn):
+        raise ValueError(f"loss_fn must be callable; got {type(loss_fn).__name__}.")
+    if metrics_fn is not None and not callable(metrics_fn):
+        raise ValueError(f"metrics_fn must be callable or None; got {type(metrics_fn).__name__}.")
+    num_steps = count("num_steps", num_steps)
     optimizer = optax.with_extra_args_support(optimizer)
     state = optimizer.init(params) if opt_state is None else opt_state
 
@@ -61,5 +76,11 @@ def run(optimizer: optax.GradientTransformation, loss_fn: Callable[..., Array], 
         extra = metrics_fn(params, value, grads, state) if metrics_fn is not None else None
         return (optax.apply_updates(params, updates), state), (value, gmax, extra)
 
-    (params, state), (losses, gmax, extra) = jax.lax.scan(step, (params, state), None, length=int(num_steps))
+    traced, consts = _cache.trace(lambda carry: step(carry, None), (params, state))
+    (params, state), (losses, gmax, extra) = _scan(consts, (params, state), traced=traced, num_steps=num_steps)
     return params, state, History(losses, gmax, extra)
+
+
+@functools.partial(jax.jit, static_argnames=("traced", "num_steps"))
+def _scan(consts, carry, *, traced, num_steps):
+    return jax.lax.scan(lambda c, _: traced(consts, c), carry, None, length=num_steps)

@@ -1,5 +1,8 @@
 """The Hessian-eigenvalue learning-rate rule (ch. 2.6) against exact Hessians."""
 
+import contextlib
+import warnings
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -8,6 +11,7 @@ import optax
 import pytest
 
 from jaxebm import curvature, ising, optim
+from jaxebm._validation import ConvergenceWarning
 from jaxebm.ising import IsingParams
 from tests import reference
 from tests.conftest import random_couplings
@@ -180,15 +184,15 @@ def test_hessian_bounded_sgd_in_the_scan_driver_float64(x64):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="safety must be positive"):
+    with pytest.raises(ValueError, match="safety must be > 0"):
         curvature.scale_by_hessian_bound(safety=0.0)
-    with pytest.raises(ValueError, match="every must be a positive integer"):
+    with pytest.raises(ValueError, match="every must be an integer >= 1"):
         curvature.hessian_bounded_sgd(every=0)
     with pytest.raises(ValueError, match="loss_fn must return a scalar"):
         curvature.max_eigenvalue(lambda p: p * 2, jnp.ones(3))
     with pytest.raises(ValueError, match="method must be"):
         curvature.max_eigenvalue(lambda p: jnp.sum(p**2), jnp.ones(3), method="qr")
-    with pytest.raises(ValueError, match="eta must be positive"):
+    with pytest.raises(ValueError, match="eta must be > 0"):
         curvature.surrogate(lambda p: jnp.sum(p**2), jnp.ones(3), -1.0)
     opt = curvature.scale_by_hessian_bound()
     state = opt.init(jnp.ones(2))
@@ -196,5 +200,108 @@ def test_bad_arguments():
         opt.update(jnp.ones(2), state, jnp.ones(2), value_fn=lambda p: p)
     with pytest.raises(ValueError, match="needs params and value_fn"):
         opt.update(jnp.ones(2), state, jnp.ones(2))
-    with pytest.raises(ValueError, match="n must be a positive integer"):
+    with pytest.raises(ValueError, match="n must be an integer >= 1"):
         curvature.ising_smoothness_bound(0)
+
+
+# ----- issue #12: validation at the entry, convergence warnings, compile once ---------------
+
+
+@contextlib.contextmanager
+def _count_compiles():
+    """Counts XLA compilations (JAX's backend-compile monitoring event) inside the block."""
+    compiled = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(kwargs.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield compiled
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def _assert_compiles_once(first_calls, second_calls):
+    with _count_compiles() as compiled:  # the counter sees a compilation
+        jax.jit(lambda x: x - 1)(1.0)
+    assert len(compiled) == 1
+    for name in first_calls:
+        jax.block_until_ready(first_calls[name]())
+        with _count_compiles() as compiled:
+            jax.block_until_ready(second_calls[name]())
+        assert compiled == [], f"{name} recompiled: {compiled}"
+
+
+def _quadratic(p, scales):
+    return 0.5 * jnp.sum(scales * p**2)
+
+
+def test_power_iteration_warns_when_it_stops_at_num_iters():
+    scales = jnp.array([1.0, 0.99, 0.5, 0.1])  # a small spectral gap: slow power iteration
+    with pytest.warns(ConvergenceWarning, match="num_iters=3"):
+        curvature.max_eigenvalue(_quadratic, jnp.ones(4), scales, num_iters=3, tol=1e-12)
+    # converged (or lanczos/dense, which have no tolerance): no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        lam, _ = curvature.max_eigenvalue(_quadratic, jnp.ones(4), jnp.array([1.0, 0.1, 0.1, 0.1]), num_iters=200,
+                                          tol=1e-6)
+        np.testing.assert_allclose(lam, 1.0, rtol=1e-5)
+        curvature.max_eigenvalue(_quadratic, jnp.ones(4), scales, method="lanczos", num_iters=2)
+
+
+def test_max_eigenvalue_and_friends_validate_arguments():
+    p, scales = jnp.ones(3), jnp.array([1.0, 2.0, 3.0])
+    for kw, name in ((dict(num_iters=2.5), "num_iters"), (dict(num_iters=0), "num_iters"), (dict(tol=-1.0), "tol"),
+                     (dict(tol=np.nan), "tol"), (dict(which="middle"), "which"),
+                     (dict(init_eigenvalue=np.nan), "init_eigenvalue"), (dict(init_vector=jnp.zeros(3)), "init_vector"),
+                     (dict(init_vector=jnp.ones(4)), "init_vector")):
+        with pytest.raises(ValueError, match=name):
+            curvature.max_eigenvalue(_quadratic, p, scales, **kw)
+    with pytest.raises(ValueError, match="params contains 1 NaN"):
+        curvature.max_eigenvalue(_quadratic, p.at[0].set(jnp.nan), scales)
+    with pytest.raises(ValueError, match="params must hold at least one"):
+        curvature.max_eigenvalue(_quadratic, jnp.zeros(0), scales)
+    with pytest.raises(ValueError, match="loss_fn must be a callable"):
+        curvature.max_eigenvalue("loss", p)
+    with pytest.raises(ValueError, match="vector must be a pytree with the structure and shapes of params"):
+        curvature.hvp(_quadratic, p, jnp.ones(2), scales)
+    for kw, name in ((dict(tol=0.0), "tol"), (dict(num_iters=1.5), "num_iters"), (dict(eigenvalue_floor=-1.0),
+                                                                                  "eigenvalue_floor"),
+                     (dict(safety=np.nan), "safety"), (dict(every=2.5), "every")):
+        with pytest.raises(ValueError, match=name):
+            curvature.scale_by_hessian_bound(**kw)
+    with pytest.raises(ValueError, match="n must be an integer"):
+        curvature.ising_smoothness_bound(2.5)
+    with pytest.raises(ValueError, match="eta must be"):
+        curvature.surrogate(_quadratic, p, np.inf, scales)
+    with pytest.raises(ValueError, match="num_steps must be an integer"):
+        optim.run(optax.sgd(0.1), _quadratic, p, 2.5, scales)
+    with pytest.raises(ValueError, match="optimizer must be an optax GradientTransformation"):
+        optim.run("sgd", _quadratic, p, 2, scales)
+    # NumPy parameters are accepted (a list is a pytree of leaves, as everywhere in JAX)
+    lam, _ = curvature.max_eigenvalue(lambda q: jnp.sum(jnp.asarray([1.0, 2.0]) * q**2), np.ones(2), method="dense")
+    np.testing.assert_allclose(lam, 4.0, rtol=1e-6)
+
+
+def test_eager_calls_compile_once():
+    """max_eigenvalue and the optax driver, called eagerly with a new closure, new values
+    and a new optimiser object of the same shapes, compile nothing the second time."""
+
+    def calls(seed):
+        rng = np.random.default_rng(seed)
+        scales = jnp.asarray(rng.uniform(0.5, 2.0, 5), jnp.float32)
+        p = jnp.asarray(rng.normal(size=5), jnp.float32)
+        loss = lambda q: _quadratic(q, scales)  # noqa: E731 - a new closure each time
+        return {
+            "power": lambda: curvature.max_eigenvalue(loss, p, num_iters=20, tol=1e-2),
+            "lanczos": lambda: curvature.max_eigenvalue(_quadratic, p, scales, method="lanczos", num_iters=4),
+            "dense": lambda: curvature.max_eigenvalue(loss, p, method="dense"),
+            "optim.run": lambda: optim.run(optax.sgd(0.1), loss, p, 5),
+            "hessian_bounded_sgd": lambda: optim.run(curvature.hessian_bounded_sgd(), _quadratic, p, 3, scales),
+        }
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        _assert_compiles_once(calls(1), calls(2))

@@ -1,5 +1,8 @@
 """Discrete KL, entropy, empirical distributions (Eq. (1.1), (2.6)-(2.10), (2.17))."""
 
+import contextlib
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -47,3 +50,104 @@ def test_bad_inputs():
         divergence.kl(np.ones(3) / 3, np.ones(2) / 2)
     with pytest.raises(ValueError, match="spins"):
         divergence.empirical_distribution(np.array([[0.0, 1.0]]))
+
+
+# ----- issue #12: validation at the entry, compile once ----------------------------------------
+
+
+@contextlib.contextmanager
+def _count_compiles():
+    """Counts XLA compilations (JAX's backend-compile monitoring event) inside the block."""
+    compiled = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(kwargs.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield compiled
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def _assert_compiles_once(first_calls, second_calls):
+    with _count_compiles() as compiled:  # the counter sees a compilation
+        jax.jit(lambda x: x - 1)(1.0)
+    assert len(compiled) == 1
+    for name in first_calls:
+        jax.block_until_ready(first_calls[name]())
+        with _count_compiles() as compiled:
+            jax.block_until_ready(second_calls[name]())
+        assert compiled == [], f"{name} recompiled: {compiled}"
+
+
+def test_distributions_are_checked():
+    p = np.array([0.1, 0.2, 0.3, 0.4])
+    q = np.full(4, 0.25)
+    # a non-normalised p gave a negative "divergence"
+    with pytest.raises(ValueError, match="p must sum to 1"):
+        divergence.kl(2 * p, q)
+    with pytest.raises(ValueError, match="q must sum to 1"):
+        divergence.kl(p, q * 0.5)
+    with pytest.raises(ValueError, match="p must be a probability distribution; it has negative entries"):
+        divergence.kl(np.array([-0.2, 0.4, 0.4, 0.4]), q)
+    # entropy never drops a NaN
+    with pytest.raises(ValueError, match="p contains 1 NaN"):
+        divergence.entropy(np.array([0.5, np.nan, 0.5]))
+    with pytest.raises(ValueError, match="p must sum to 1"):
+        divergence.entropy(np.array([0.5, 0.7]))
+    with pytest.raises(ValueError, match="p must not be empty"):
+        divergence.entropy(np.zeros(0))
+    with pytest.raises(ValueError, match="axis must be an integer"):
+        divergence.entropy(p, axis=1)
+    with pytest.raises(ValueError, match="log_p contains NaN or \\+inf|log_p must be log probabilities"):
+        divergence.kl_from_log_probs(np.array([np.nan, 0.0]), np.log([0.5, 0.5]))
+    with pytest.raises(ValueError, match="log_q must be normalised"):
+        divergence.kl_from_log_probs(np.log([0.5, 0.5]), np.log([0.5, 0.6]))
+    with pytest.raises(ValueError, match="log_p and log_q must have the same shape"):
+        divergence.kl_from_log_probs(np.log([0.5, 0.5]), np.log([1.0]))
+    # -inf is a zero probability, and batches along another axis are checked per column
+    np.testing.assert_allclose(divergence.kl_from_log_probs(np.array([0.0, -np.inf]), np.log([0.5, 0.5])),
+                               np.log(2), rtol=1e-6)
+    np.testing.assert_allclose(divergence.kl(np.stack([p, q], 1), np.stack([q, q], 1), axis=0),
+                               [float(divergence.kl(p, q)), 0.0], rtol=1e-6, atol=1e-7)
+    # lists are accepted
+    np.testing.assert_allclose(divergence.kl(p.tolist(), q.tolist()), divergence.kl(p, q), rtol=1e-7)
+    np.testing.assert_allclose(divergence.entropy(p.tolist()), divergence.entropy(p), rtol=1e-7)
+
+
+def test_spin_data_and_log_likelihood_are_checked():
+    with pytest.raises(ValueError, match="x must hold spins"):
+        divergence.states_to_codes(np.array([[0.0, 1.0]]))
+    with pytest.raises(ValueError, match="x contains 1 NaN"):
+        divergence.states_to_codes(np.array([[np.nan, 1.0]]))
+    with pytest.raises(ValueError, match="data must hold at least one sample"):
+        divergence.empirical_distribution(np.ones((0, 3)))
+    with pytest.raises(ValueError, match="data must be a batch"):
+        divergence.empirical_distribution(np.ones((1, 2, 3)))
+    with pytest.raises(ValueError, match="log_prob_fn must be a callable"):
+        divergence.empirical_log_likelihood(np.ones(3), np.ones((3, 2)))
+    with pytest.raises(ValueError, match="log_prob_fn returned NaN"):
+        divergence.empirical_log_likelihood(lambda x: jnp.log(x[:, 0]), -np.ones((3, 2)))
+    with pytest.raises(ValueError, match="data contains 1 NaN"):
+        divergence.empirical_log_likelihood(lambda x: x[:, 0], np.array([[np.nan, 1.0], [1.0, 1.0]]))
+    with pytest.raises(ValueError, match="data must hold at least one sample"):
+        divergence.empirical_log_likelihood(lambda x: x[:, 0], np.ones((0, 2)))
+    np.testing.assert_array_equal(divergence.states_to_codes(np.array([[1, -1, 1]], np.int8)), [5])
+
+
+def test_eager_calls_compile_once():
+    def calls(seed):
+        rng = np.random.default_rng(seed)
+        p, q = (jnp.asarray(rng.dirichlet(np.ones(8)), jnp.float32) for _ in range(2))
+        data = jnp.asarray(np.where(rng.random((10, 3)) < 0.5, -1.0, 1.0), jnp.float32)
+        return {
+            "kl": lambda: divergence.kl(p, q),
+            "entropy": lambda: divergence.entropy(p),
+            "kl_from_log_probs": lambda: divergence.kl_from_log_probs(jnp.log(p), jnp.log(q)),
+            "states_to_codes": lambda: divergence.states_to_codes(data),
+            "empirical_distribution": lambda: divergence.empirical_distribution(data),
+        }
+
+    _assert_compiles_once(calls(1), calls(2))

@@ -1,5 +1,6 @@
 """The enumeration engine against float64 brute force and closed forms."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -333,3 +334,151 @@ def test_sharding_across_eight_simulated_devices():
     result = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT], env=env, cwd=root,
                             capture_output=True, text=True, timeout=600)
     assert "SHARDING-OK" in result.stdout, result.stdout + result.stderr
+
+
+# ----- issue #12: validation at the entry, compile once -----------------------------------------
+
+
+@contextlib.contextmanager
+def _count_compiles():
+    """Counts XLA compilations (JAX's backend-compile monitoring event) inside the block."""
+    compiled = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(kwargs.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield compiled
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def test_spins_refuses_codes_wider_than_n_and_negative_codes():
+    np.testing.assert_array_equal(enumeration.spins(np.array([7]), 3), [[1.0, 1.0, 1.0]])
+    for codes in (np.array([8]), [1, 9], jnp.array([8], jnp.uint32), jnp.array([2**31], jnp.uint32)):
+        with pytest.raises(ValueError, match=r"codes must be codes of n = 3 spins, i.e. below 2\^3"):
+            enumeration.spins(codes, 3)
+    for codes in (np.array([-1]), jnp.array([-2], jnp.int32), [-1]):
+        with pytest.raises(ValueError, match="codes must be non-negative"):
+            enumeration.spins(codes, 3)
+    # the high word of a (hi, lo) pair, and a NumPy uint64 beyond n = 40 bits
+    with pytest.raises(ValueError, match="high word"):
+        enumeration.spins((np.array([2], np.uint32), np.array([0], np.uint32)), 33)
+    with pytest.raises(ValueError, match=r"below 2\^40"):
+        enumeration.spins(np.array([2**40], np.uint64), 40)
+    np.testing.assert_array_equal(enumeration.spins(np.array([2**40], np.uint64), 41)[0, 40], 1.0)
+    with pytest.raises(ValueError, match="codes must be integers"):
+        enumeration.spins(np.array([1.0]), 3)
+    for n in (2.5, True, -1, 65, "3"):
+        with pytest.raises(ValueError, match="n must be an integer in"):
+            enumeration.spins(np.array([1]), n)
+    with pytest.raises(ValueError, match="dtype must be a floating dtype"):
+        enumeration.spins(np.array([1]), 3, dtype=jnp.int32)
+    # under jit the values are tracers: no check, the high bits are ignored (documented)
+    np.testing.assert_array_equal(jax.jit(lambda c: enumeration.spins(c, 3))(jnp.array([15], jnp.uint32)),
+                                  [[1.0, 1.0, 1.0]])
+
+
+def test_all_spins_refuses_bad_n():
+    for n in (0, 2.5, True, -3, None):
+        with pytest.raises(ValueError, match="n must be a positive integer"):
+            enumeration.all_spins(n)
+
+
+def test_generic_engine_validates_its_arguments():
+    fn = lambda x: x.sum(1)  # noqa: E731
+    with pytest.raises(ValueError, match="n must be an integer >= 1"):
+        enumeration.log_sum_exp_states(fn, 2.5)
+    with pytest.raises(ValueError, match="chunk_size must be an integer >= 1"):
+        enumeration.log_sum_exp_states(fn, 4, chunk_size=0)
+    with pytest.raises(ValueError, match="chunk_size must be a positive power of two"):
+        enumeration.log_sum_exp_states(fn, 4, chunk_size=3)
+    with pytest.raises(ValueError, match="devices must name at least one device"):
+        enumeration.log_sum_exp_states(fn, 4, devices=[])
+    with pytest.raises(ValueError, match="devices must hold jax devices"):
+        enumeration.log_sum_exp_states(fn, 4, devices=["cpu"])
+    with pytest.raises(ValueError, match="log_weight_fn must be a callable"):
+        enumeration.log_sum_exp_states(np.ones(4), 4)
+    with pytest.raises(ValueError, match="stat_fn must be a callable"):
+        enumeration.expectation_states(fn, "x", 4)
+    with pytest.raises(ValueError, match="dtype must be a floating dtype"):
+        enumeration.log_sum_exp_states(fn, 4, dtype=jnp.int32)
+    for bad in (-1.0, 0.0, np.nan):
+        with pytest.raises(ValueError, match="max_seconds must be"):
+            enumeration.log_sum_exp_states(fn, 4, max_seconds=bad)
+    # a function that is NaN at some state gives a NaN log Z: refused, never returned
+    with pytest.raises(ValueError, match="log_weight_fn returned NaN for some state"):
+        enumeration.log_sum_exp_states(lambda x: jnp.where(x[:, 0] > 0, jnp.nan, 0.0), 4)
+    with pytest.raises(ValueError, match="stat_fn returned NaN"):
+        enumeration.expectation_states(fn, lambda x: jnp.log(x), 4)
+
+
+def test_pairwise_accepts_lists_and_validates_options(rng):
+    h, J = random_couplings(rng, 5)
+    want = reference.ising_log_z(h, J)
+    np.testing.assert_allclose(enumeration.pairwise_log_partition(h.tolist(), J.tolist()), want, rtol=F32_RTOL)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="inner_bits must be"):
+            enumeration.pairwise_log_partition(h, J, inner_bits=bad)
+    with pytest.raises(ValueError, match="engine must be one of"):
+        enumeration.pairwise_moments(h, J, engine="cuda")
+    with pytest.raises(ValueError, match="chunk_size must be a positive power of two"):
+        enumeration.pairwise_moments(h, J, chunk_size=6)
+    with pytest.raises(ValueError, match="h must not be empty|h must hold at least one spin"):
+        enumeration.pairwise_log_partition(np.zeros(0), np.zeros((0, 0)))
+    with pytest.raises(ValueError, match="h must be a numeric array"):
+        enumeration.pairwise_log_partition(["a"] * 5, J)
+    with pytest.raises(ValueError, match="plan must be made for n = 5"):
+        enumeration.pairwise_row_log_weights(h, J, enumeration.split_plan(6))
+    with pytest.raises(ValueError, match="plan must be a SplitPlan"):
+        enumeration.pairwise_row_log_weights(h, J, (5, 2, 1))
+
+
+def test_time_estimate_counts_matmul_work_per_state():
+    base = enumeration.estimate_seconds(24, pairwise=False)
+    assert enumeration.estimate_seconds(24, pairwise=False, flops_per_state=2 * 300**2) > 100 * base
+    with pytest.raises(ValueError, match=r"2\^24 = 16,777,216 states with a 300 x 300 second moment each, "
+                                         r"estimated at"):
+        enumeration.covariance_states(lambda x: x.sum(1), lambda x: jnp.tile(x, (1, 13))[:, :300], 24,
+                                      max_seconds=1.0)
+    for bad in (-1, 2.5):
+        with pytest.raises(ValueError, match="n must be an integer >= 0"):
+            enumeration.estimate_seconds(bad)
+
+
+def test_eager_calls_compile_once(rng):
+    """A second eager call with new values of the same shapes compiles nothing (issue #12),
+    also for the generic engine called with a new closure each time."""
+
+    def calls(seed):
+        h, J = (jnp.asarray(a, jnp.float32) for a in random_couplings(np.random.default_rng(seed), 6))
+        lw = lambda x: 0.5 * jnp.einsum("bi,ij,bj->b", x, J, x) + x @ h  # noqa: E731
+        return [
+            lambda: enumeration.pairwise_log_partition(h, J),
+            lambda: enumeration.pairwise_moments(h, J),
+            lambda: jax.grad(enumeration.pairwise_log_partition)(h, J),
+            lambda: enumeration.log_sum_exp_states(lw, 6),
+            lambda: enumeration.expectation_states(lw, lambda x: x * h, 6),
+            lambda: enumeration.covariance_states(lw, lambda x: x, 6),
+            lambda: jax.grad(lambda h: enumeration.log_sum_exp_states(lambda x: x @ h, 6))(h),
+            lambda: enumeration.pairwise_row_log_weights(h, J, enumeration.split_plan(6, inner_bits=3)),
+            lambda: enumeration.spins(jnp.arange(seed, seed + 8, dtype=jnp.uint32), 6),
+            lambda: enumeration.all_spins(6),
+        ]
+
+    with _count_compiles() as compiled:  # the counter sees a compilation
+        jax.jit(lambda x: x + 1)(1.0)
+    assert len(compiled) == 1
+    for first, second in zip(calls(1), calls(2)):
+        jax.block_until_ready(first())
+        with _count_compiles() as compiled:
+            out = second()
+            jax.block_until_ready(out)
+        assert compiled == [], compiled
+    # the cached generic fold still sees the new values
+    h, J = random_couplings(np.random.default_rng(3), 6)
+    h32, J32 = jnp.asarray(h, jnp.float32), jnp.asarray(J, jnp.float32)
+    got = enumeration.log_sum_exp_states(lambda x: 0.5 * jnp.einsum("bi,ij,bj->b", x, J32, x) + x @ h32, 6)
+    np.testing.assert_allclose(got, reference.ising_log_z(h, J), rtol=F32_RTOL)

@@ -1,5 +1,7 @@
 """Gaussian chapter: densities, MLE, derivative formulas, KL."""
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -126,3 +128,82 @@ def test_bad_inputs():
         gaussian.log_pdf(np.zeros(2), np.zeros(2), np.array([[1.0, 0.5], [0.0, 1.0]]))
     with pytest.raises(ValueError, match="x must be"):
         gaussian.mle(np.zeros((2, 2, 2)))
+
+
+# ----- issue #12: validation at the entry, compile once ----------------------------------------
+
+
+@contextlib.contextmanager
+def _count_compiles():
+    """Counts XLA compilations (JAX's backend-compile monitoring event) inside the block."""
+    compiled = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(kwargs.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield compiled
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def _assert_compiles_once(first_calls, second_calls):
+    with _count_compiles() as compiled:  # the counter sees a compilation
+        jax.jit(lambda x: x - 1)(1.0)
+    assert len(compiled) == 1
+    for name in first_calls:
+        jax.block_until_ready(first_calls[name]())
+        with _count_compiles() as compiled:
+            jax.block_until_ready(second_calls[name]())
+        assert compiled == [], f"{name} recompiled: {compiled}"
+
+
+def test_lists_are_accepted_and_every_argument_is_checked(rng):
+    x, mean, cov = rng.normal(size=(5, 2)), np.zeros(2), np.eye(2)
+    np.testing.assert_allclose(gaussian.log_pdf(x.tolist(), mean.tolist(), cov.tolist()),
+                               gaussian.log_pdf(x, mean, cov), rtol=1e-7)
+    with pytest.raises(ValueError, match="mean contains 1 NaN"):
+        gaussian.log_pdf(x, np.array([0.0, np.nan]), cov)
+    with pytest.raises(ValueError, match="mean must not be empty"):
+        gaussian.log_pdf(x, np.zeros(0), cov)
+    with pytest.raises(ValueError, match=r"cov must have shape \(1, 1\) to match mean"):
+        gaussian.log_pdf(x, np.zeros(1), cov)
+    with pytest.raises(ValueError, match="x must hold at least one point"):
+        gaussian.log_pdf(x[:0], mean, cov)
+    with pytest.raises(ValueError, match="x must be a point of shape"):
+        gaussian.log_pdf(x[None, None], mean, cov)  # extra axes: vmap instead
+    with pytest.raises(ValueError, match="x must be a numeric array"):
+        gaussian.pdf_grad_mean(x.astype(str), mean, cov)
+    with pytest.raises(ValueError, match="cov must be positive definite"):
+        gaussian.log_pdf(x[:, 0], 0.0, -1.0)  # univariate: a positive variance
+    with pytest.raises(ValueError, match="cov1 must be positive definite"):
+        gaussian.kl(mean, cov, mean, -cov)
+    with pytest.raises(ValueError, match="mean0 contains"):
+        gaussian.kl(np.array([np.inf, 0.0]), cov, mean, cov)
+    with pytest.raises(ValueError, match="x must hold at least one sample"):
+        gaussian.mle(np.zeros((0, 2)))
+    with pytest.raises(ValueError, match="x must be samples"):
+        gaussian.kl_to_data(x[0], mean, cov)
+    with pytest.raises(ValueError, match="x contains 1 NaN"):
+        gaussian.kl_to_data(np.where(np.arange(10).reshape(5, 2) == 3, np.nan, x), mean, cov)
+
+
+def test_eager_calls_compile_once():
+    def calls(seed):
+        rng = np.random.default_rng(seed)
+        x = jnp.asarray(rng.normal(size=(6, 3)), jnp.float32)
+        mean = jnp.asarray(rng.normal(size=3), jnp.float32)
+        cov = jnp.asarray(_spd(rng, 3), jnp.float32)
+        return {
+            "log_pdf": lambda: gaussian.log_pdf(x, mean, cov),
+            "pdf": lambda: gaussian.pdf(x, mean, cov),
+            "pdf_grad_mean": lambda: gaussian.pdf_grad_mean(x, mean, cov),
+            "pdf_grad_cov": lambda: gaussian.pdf_grad_cov(x, mean, cov),
+            "mle": lambda: gaussian.mle(x),
+            "kl_to_data": lambda: gaussian.kl_to_data(x, mean, cov),
+            "kl": lambda: gaussian.kl(mean, cov, mean + 1, 2 * cov),
+        }
+
+    _assert_compiles_once(calls(1), calls(2))

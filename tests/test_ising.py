@@ -1,9 +1,12 @@
 """Exact Ising quantities against the float64 brute force."""
 
+import contextlib
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxebm import ising
@@ -163,3 +166,185 @@ def test_jitted_training_step_compiles_once(rng):
         params, loss = step(params)
         losses.append(float(loss))
     assert losses[-1] < losses[0]
+
+
+# ----- issue #12: validation at the entry, NumPy and lists accepted, compile once -------------
+
+
+@contextlib.contextmanager
+def _count_compiles():
+    """Counts XLA compilations (JAX's backend-compile monitoring event) inside the block."""
+    compiled = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(kwargs.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield compiled
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def test_numpy_and_list_params_work_everywhere(rng):
+    params, h, J = _params(rng, 5)
+    data = jnp.asarray(reference.all_states(5)[::3])
+    key = jax.random.key(3)
+    for other in (IsingParams(np.asarray(params.h), np.asarray(params.J)),
+                  IsingParams(np.asarray(params.h).tolist(), np.asarray(params.J).tolist())):
+        checked = ising.validate_params(other)
+        assert isinstance(checked.h, jax.Array) and isinstance(checked.J, jax.Array)
+        for fn in (ising.log_partition, ising.moments, ising.fisher, ising.to_flat,
+                   lambda p: ising.nll(p, data), lambda p: ising.log_prob(p, data), lambda p: ising.log_weight(p, data),
+                   lambda p: ising.kl(p, params), lambda p: ising.kl(params, p),
+                   lambda p: ising.sample_exact(key, p, 7), lambda p: ising.moment_residual(p, data),
+                   lambda p: ising.fit(optax.sgd(0.1), p, data, 2)[0]):
+            chex.assert_trees_all_close(fn(other), fn(params), rtol=1e-6, atol=1e-6)
+        # closed over by vmapped and jitted code (as the samplers do): converted at the entry
+        np.testing.assert_allclose(jax.vmap(lambda x, p=other: ising.log_weight(p, x))(data),
+                                   ising.log_weight(params, data), rtol=1e-6)
+        np.testing.assert_allclose(jax.jit(lambda p=other: ising.log_partition(p))(), reference.ising_log_z(h, J),
+                                   rtol=2e-6)
+    # integer +-1 data and spins
+    np.testing.assert_allclose(ising.nll(params, np.asarray(data, np.int8)), ising.nll(params, data), rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [(jnp.zeros(3), jnp.zeros((3, 3))), {"h": 0, "J": 0}, None, "params"])
+def test_wrong_params_type_is_a_value_error(bad):
+    for fn in (ising.log_partition, ising.moments, ising.fisher, ising.validate_params,
+               lambda p: ising.log_weight(p, jnp.ones(3)), lambda p: ising.sample_exact(jax.random.key(0), p, 2)):
+        with pytest.raises(ValueError, match="params must be an IsingParams"):
+            fn(bad)
+
+
+def test_bad_params_values_and_shapes(rng):
+    params, _, _ = _params(rng, 4)
+    with pytest.raises(ValueError, match="params.h must not be empty|params.h must hold at least one spin"):
+        ising.log_partition(IsingParams(jnp.zeros(0), jnp.zeros((0, 0))))
+    with pytest.raises(ValueError, match="params.J contains 1 NaN or infinite"):
+        ising.log_weight(params._replace(J=params.J.at[1, 2].set(jnp.inf)), jnp.ones(4))
+    with pytest.raises(ValueError, match="params.h must be a numeric array"):
+        ising.log_partition(IsingParams(["a"] * 4, params.J))
+    with pytest.raises(ValueError, match="params.J must be a coupling matrix"):
+        ising.nll(IsingParams(params.h, params.J[0]), np.ones((2, 4)))
+    with pytest.raises(ValueError, match="params_p.J must be symmetric"):
+        ising.kl(params._replace(J=params.J.at[0, 1].add(1.0)), params)
+    with pytest.raises(ValueError, match="params_q.h contains"):
+        ising.kl(params, params._replace(h=params.h.at[0].set(jnp.nan)))
+    with pytest.raises(ValueError, match="same number of spins"):
+        ising.kl(params, _params(rng, 5)[0])
+    with pytest.raises(ValueError, match="params.J must have a zero diagonal"):
+        ising.to_flat(params._replace(J=params.J + jnp.eye(4)))
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
+        ising.log_partition(params, inner_bit=2)
+
+
+def test_bad_spins_and_data(rng):
+    params, _, _ = _params(rng, 4)
+    for name, fn in (("x", lambda v: ising.log_weight(params, v)), ("x", lambda v: ising.log_prob(params, v)),
+                     ("x", lambda v: ising.energy(params, v)), ("x", ising.sufficient_statistics),
+                     ("data", lambda v: ising.nll(params, v)), ("data", ising.data_moments),
+                     ("data", lambda v: ising.moment_residual(params, v))):
+        good = np.where(np.arange(12).reshape(3, 4) % 3, 1.0, -1.0).astype(np.float32)
+        with pytest.raises(ValueError, match=f"{name} must hold spins"):
+            fn((good + 1) / 2)  # {0, 1} data
+        with pytest.raises(ValueError, match=f"{name} contains 1 NaN"):
+            fn(np.where(np.arange(12).reshape(3, 4) == 5, np.nan, good))
+        with pytest.raises(ValueError, match=name):
+            fn(good[:0])  # empty
+        with pytest.raises(ValueError, match=name):
+            fn(good[None, None])  # extra axes: vmap instead
+        with pytest.raises(ValueError, match=name):
+            fn(good.astype(str))
+    with pytest.raises(ValueError, match="x must have 4 spins"):
+        ising.log_weight(params, np.ones(3))
+    with pytest.raises(ValueError, match="mean must hold moments"):
+        ising.nll_from_moments(params, np.full(4, 2.0), np.eye(4))
+    with pytest.raises(ValueError, match="corr contains 4 NaN"):
+        ising.nll_from_moments(params, np.zeros(4), np.where(np.eye(4) > 0, np.nan, 0.0))
+    with pytest.raises(ValueError, match=r"corr must have shape \(4, 4\)"):
+        ising.nll_from_moments(params, np.zeros(4), np.eye(3))
+
+
+def test_counts_and_scalars_are_never_truncated(rng):
+    params, _, _ = _params(rng, 4)
+    key = jax.random.key(0)
+    for bad in (2.5, 0, -1, True, np.nan, "3"):
+        with pytest.raises(ValueError, match="num_samples must be .*integer"):
+            ising.sample_exact(key, params, bad)
+        with pytest.raises(ValueError, match="num_steps must be .*integer"):
+            ising.fit(optax.sgd(0.1), params, np.ones((2, 4)), bad)
+        with pytest.raises(ValueError, match="n must be .*integer"):
+            ising.init(key, bad)  # the message names n
+    assert ising.sample_exact(key, params, np.int64(3)).shape == (3, 4)
+    assert ising.sample_exact(key, params, 3.0).shape == (3, 4)  # integer-valued: no truncation
+    with pytest.raises(ValueError, match="n must be an integer"):
+        ising.from_flat(np.zeros(3), 2.5)
+    with pytest.raises(ValueError, match="theta contains 1 NaN"):
+        ising.from_flat(np.array([0.0, np.nan, 0.0]), 2)
+    for name, kw in (("scale", dict(scale=-1.0)), ("scale", dict(scale=np.nan))):
+        with pytest.raises(ValueError, match=name):
+            ising.init(key, 4, **kw)
+    for name, kw in (("beta", dict(beta=np.nan)), ("beta", dict(beta=-1.0)), ("field_std", dict(field_std=-0.1))):
+        with pytest.raises(ValueError, match=name):
+            ising.sherrington_kirkpatrick(key, 4, **kw)
+    with pytest.raises(ValueError, match="max_seconds must be"):
+        ising.log_partition(params, max_seconds=-1.0)
+
+
+def test_fisher_estimate_counts_its_p_squared_statistics(rng):
+    # n = 28: enumerating 2^28 states alone is estimated at seconds, but the Fisher matrix
+    # also accumulates p^2 = 164,836 products per state (about an hour): refused, saying so.
+    from jaxebm import enumeration
+
+    assert enumeration.estimate_seconds(28, pairwise=False) < enumeration.DEFAULT_MAX_SECONDS
+    big = IsingParams(jnp.zeros(28), jnp.zeros((28, 28)))
+    with pytest.raises(ValueError, match=r"n \(spins\) = 28 means enumerating 2\^28 = 268,435,456 states with "
+                                         r"p\^2 = 164,836 products of the p = 406 sufficient statistics each, "
+                                         r"estimated at [\d,]+ s"):
+        ising.fisher(big)
+    # small n still works, and matches the brute force
+    params, h, J = _params(rng, 5)
+    np.testing.assert_allclose(ising.fisher(params), reference.ising_fisher(h, J), atol=2e-6)
+    with pytest.raises(ValueError, match="chunk_size must be a positive power of two"):
+        ising.fisher(params, chunk_size=3)
+
+
+def test_eager_calls_compile_once():
+    """Each public function, called eagerly a second time with new values of the same shapes,
+    compiles nothing (issue #12: ten eager log_partition calls took 1.5 s, 3 ms under jit)."""
+
+    def calls(seed):
+        rng = np.random.default_rng(seed)
+        params, _, _ = _params(rng, 6)
+        other, _, _ = _params(rng, 6)
+        data = jnp.asarray(np.where(rng.random((20, 6)) < 0.5, -1.0, 1.0), jnp.float32)
+        mean, corr = ising.data_moments(data)
+        key = jax.random.key(seed)
+        return {
+            "log_partition": lambda: ising.log_partition(params),
+            "grad log_partition": lambda: jax.grad(ising.log_partition)(params),
+            "moments": lambda: ising.moments(params),
+            "log_weight": lambda: ising.log_weight(params, data),
+            "log_prob": lambda: ising.log_prob(params, data),
+            "nll": lambda: ising.nll(params, data),
+            "grad nll": lambda: jax.grad(ising.nll)(params, data),
+            "nll_from_moments": lambda: ising.nll_from_moments(params, mean, corr),
+            "data_moments": lambda: ising.data_moments(data),
+            "moment_residual": lambda: ising.moment_residual(params, data),
+            "kl": lambda: ising.kl(params, other),
+            "fisher": lambda: ising.fisher(params),
+            "sample_exact": lambda: ising.sample_exact(key, params, 5),
+            "fit": lambda: ising.fit(optax.sgd(0.1), params, data, 3),
+        }
+
+    with _count_compiles() as compiled:  # the counter sees a compilation
+        jax.jit(lambda x: x * 3)(1.0)
+    assert len(compiled) == 1
+    first, second = calls(1), calls(2)
+    for name in first:
+        jax.block_until_ready(first[name]())
+        with _count_compiles() as compiled:
+            jax.block_until_ready(second[name]())
+        assert compiled == [], f"{name} recompiled: {compiled}"
