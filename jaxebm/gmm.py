@@ -29,6 +29,18 @@ the data are centred, float32 rounding stays at the level of
 :math:`\epsilon\,\lVert m_k\rVert^2/\lambda_{\min}(\Sigma_k)`, never that of the raw data's
 offset. Erratum (3.70): the term :math:`\tfrac12\det(\Sigma^{-1})` should read
 :math:`\tfrac12\ln\det(\Sigma^{-1})`.
+
+**Validation and compilation** (issue #12). Every public function checks its inputs and raises
+a ``ValueError`` naming the argument: ``params`` (a :class:`GMMParams` of consistent shapes,
+finite, weights a distribution, covariances symmetric positive definite and factorable in
+the working dtype), ``x`` (a finite ``(n_samples, n_features)`` matrix whose squares fit the
+dtype: rescale it or use float64 otherwise; ``n_samples >= n_components`` where parameters
+are estimated), counts (positive integers, never truncated), ``tol`` and ``reg_covar``
+(finite, >= 0) and ``sample_weight`` (finite, >= 0, positive sum). Value checks need
+concrete arrays: under a caller's ``jit`` only shapes are checked, so call
+:func:`validate_params` eagerly first. The work runs in module-level jitted functions keyed
+on shapes, dtypes and the covariance type, so a second eager call with new values of the
+same shapes compiles nothing.
 """
 
 from __future__ import annotations
@@ -44,7 +56,19 @@ import numpy as np
 from jax import lax
 from jax.scipy.linalg import solve_triangular
 
-from jaxebm._validation import ConvergenceWarning, check_finite, check_ndim, is_concrete
+from jaxebm._validation import (
+    ConvergenceWarning,
+    array,
+    check_finite,
+    check_ndim,
+    check_shape,
+    choice,
+    count,
+    distribution,
+    finite_scalar,
+    is_concrete,
+    regulariser,
+)
 from jaxebm.types import Array, ArrayLike, PRNGKey
 
 HIGHEST = lax.Precision.HIGHEST
@@ -146,51 +170,143 @@ def _cov_shape(covariance_type: str, K: int, d: int) -> tuple:
     return {"full": (K, d, d), "tied": (d, d), "diag": (K, d), "spherical": (K,)}[covariance_type]
 
 
-def validate_params(params: GMMParams, n_features: int | None = None, name: str = "params") -> None:
-    """Raises ValueError on bad shapes (always) and on non-finite or invalid values (when
-    concrete): weights must be non-negative and sum to 1; covariances positive definite."""
+def _params(params, n_features: int | None = None, name: str = "params",
+            n_components: int | None = None) -> GMMParams:
+    """Validated parameters with array leaves (lists and NumPy converted): shapes always;
+    finite values, weights a distribution and positive-definite covariances when concrete."""
     if not isinstance(params, GMMParams):
-        raise ValueError(f"{name} must be a GMMParams; got {type(params).__name__}.")
-    if params.covariance_type not in COVARIANCE_TYPES:
-        raise ValueError(f"{name}.covariance_type must be one of {COVARIANCE_TYPES}; got {params.covariance_type!r}.")
-    check_ndim(f"{name}.means", params.means, 2, "an array of shape (n_components, n_features)")
-    K, d = np.shape(params.means)
+        raise ValueError(f"{name} must be a GMMParams(weights, means, covs, covariance_type); got "
+                         f"{type(params).__name__}.")
+    ct = choice(f"{name}.covariance_type", params.covariance_type, COVARIANCE_TYPES)
+    means = array(f"{name}.means", params.means)
+    check_ndim(f"{name}.means", means, 2, "an array of shape (n_components, n_features)")
+    K, d = means.shape
     if n_features is not None and d != n_features:
-        raise ValueError(f"{name}.means must have {n_features} features (columns); got shape {np.shape(params.means)}.")
-    if np.shape(params.weights) != (K,):
-        raise ValueError(f"{name}.weights must have shape ({K},); got {np.shape(params.weights)}.")
-    want = _cov_shape(params.covariance_type, K, d)
-    if np.shape(params.covs) != want:
-        raise ValueError(f"{name}.covs must have shape {want} for covariance_type="
-                         f"{params.covariance_type!r}; got {np.shape(params.covs)}.")
-    for field in ("weights", "means", "covs"):
-        check_finite(f"{name}.{field}", getattr(params, field))
-    if is_concrete(params.weights) and is_concrete(params.covs):
-        w = np.asarray(params.weights, np.float64)
-        if np.any(w < 0) or abs(w.sum() - 1) > 1e-4:
-            raise ValueError(f"{name}.weights must be non-negative and sum to 1; got sum {w.sum():.6g}.")
-        c = np.asarray(params.covs, np.float64)
-        if params.covariance_type in ("full", "tied"):
-            mats = c.reshape((-1, d, d))
-            if not np.allclose(mats, np.swapaxes(mats, -1, -2), rtol=1e-5, atol=1e-8):
-                raise ValueError(f"{name}.covs must be symmetric.")
-            smallest = np.linalg.eigvalsh(mats).min()
-        else:
-            smallest = c.min()
-        if smallest <= 0:
-            raise ValueError(f"{name}.covs must be positive definite; smallest eigenvalue {smallest:.3g}.")
+        raise ValueError(f"{name}.means must have {n_features} features (columns) to match the data; got shape "
+                         f"{means.shape}.")
+    if n_components is not None and K != n_components:
+        raise ValueError(f"{name} must have {n_components} components; got {K}.")
+    weights = array(f"{name}.weights", params.weights)
+    if weights.shape != (K,):
+        raise ValueError(f"{name}.weights must have shape ({K},); got {weights.shape}.")
+    covs = array(f"{name}.covs", params.covs)
+    want = _cov_shape(ct, K, d)
+    if covs.shape != want:
+        raise ValueError(f"{name}.covs must have shape {want} for covariance_type={ct!r}; got {covs.shape}.")
+    check_finite(f"{name}.means", means)
+    check_finite(f"{name}.covs", covs)
+    weights = distribution(f"{name}.weights", weights)
+    if is_concrete(covs):
+        _check_positive_definite(f"{name}.covs", np.asarray(covs), ct, d)
+    return GMMParams(weights, means, covs, ct)
 
 
-def _validate_data(x, n_components: int | None = None) -> Array:
-    check_ndim("x", x, 2, "a data matrix of shape (n_samples, n_features)")
-    n = np.shape(x)[0]
-    if n < 1:
-        raise ValueError("x must hold at least one sample.")
+def _check_positive_definite(name: str, covs: np.ndarray, covariance_type: str, d: int) -> None:
+    c = covs.astype(np.float64)
+    if covariance_type in ("full", "tied"):
+        mats = c.reshape((-1, d, d))
+        if not np.allclose(mats, np.swapaxes(mats, -1, -2), rtol=1e-5, atol=1e-8):
+            raise ValueError(f"{name} must be symmetric; max |S - S^T| = "
+                             f"{np.max(np.abs(mats - np.swapaxes(mats, -1, -2))):.3g}.")
+        eig = np.linalg.eigvalsh(mats)
+        smallest, largest = eig[:, 0], eig[:, -1]
+    else:
+        smallest = largest = c.reshape(-1)
+    k = int(np.argmin(smallest))
+    if smallest[k] <= 0:
+        raise ValueError(f"{name} must be positive definite; smallest eigenvalue {smallest[k]:.3g}.")
+    if covariance_type in ("full", "tied"):
+        # positive definite in exact arithmetic, but is it in the working dtype?
+        try:
+            factor_ok = np.all(np.isfinite(np.linalg.cholesky(covs.reshape((-1, d, d)))))
+        except np.linalg.LinAlgError:
+            factor_ok = False
+        if not factor_ok:
+            k = int(np.argmin(smallest / largest))
+            raise ValueError(f"{name} is singular to working precision ({covs.dtype}): a covariance has condition "
+                             f"number {largest[k] / smallest[k]:.3g} and no Cholesky factor in {covs.dtype}. "
+                             "Regularise it (reg_covar) or use float64.")
+
+
+def validate_params(params: GMMParams, n_features: int | None = None, name: str = "params") -> GMMParams:
+    """Checks a :class:`GMMParams` and returns it with array leaves.
+
+    Raises ValueError on a wrong type or bad shapes (always) and on non-finite or invalid
+    values (when concrete): weights must be non-negative and sum to 1; covariances symmetric
+    and positive definite (and not singular to working precision). Under a caller's
+    ``jax.jit`` only shapes are checked: call this eagerly on the inputs first.
+    """
+    return _params(params, n_features, name)
+
+
+def _check_scale(name: str, x) -> None:
+    """Refuses data whose squares would overflow the working dtype (EM sums the squares of
+    the centred data over samples and features)."""
+    if not is_concrete(x):
+        return
+    values = np.asarray(x)
+    n, d = values.shape
+    big = float(np.max(np.abs(values)))
+    top = float(np.finfo(values.dtype).max)
+    if (2.0 * big) ** 2 * n * d > top:
+        raise ValueError(
+            f"{name} is too large for {values.dtype}: it has entries up to {big:.3g}, and their squares summed over "
+            f"{n} samples and {d} features overflow {values.dtype} (max {top:.3g}). Rescale the data (for example "
+            "standardise each feature) or use float64 (jax.config.update('jax_enable_x64', True)).")
+
+
+def _data(x, *, name: str = "x", n_features: int | None = None, n_components: int | None = None) -> Array:
+    """A validated ``(n_samples, n_features)`` data matrix: finite, of a scale whose squares
+    fit the dtype, with at least ``n_components`` rows; returned as a float array."""
+    x = array(name, x)
+    check_ndim(name, x, 2, "a data matrix of shape (n_samples, n_features); for one sample use x[None]")
+    n, d = x.shape
+    if n_features is not None and d != n_features:
+        raise ValueError(f"{name} must have {n_features} features (columns) to match params; got shape {x.shape}.")
     if n_components is not None and n < n_components:
-        raise ValueError(f"n_samples = {n} must be at least n_components = {n_components}.")
-    check_finite("x", x)
-    x = jnp.asarray(x)
-    return x.astype(jnp.result_type(x, jnp.float32))
+        raise ValueError(f"n_samples = {n} must be at least n_components = {n_components} ({name} has shape "
+                         f"{x.shape}).")
+    check_finite(name, x)
+    x = x.astype(jnp.result_type(x, jnp.float32))
+    _check_scale(name, x)
+    return x
+
+
+def _sample_weight(sample_weight, n: int, dtype) -> Array | None:
+    """Validated ``(n,)`` sample weights: finite, >= 0, with a positive sum."""
+    if sample_weight is None:
+        return None
+    w = array("sample_weight", sample_weight)
+    check_shape("sample_weight", w, (n,), "one weight per sample")
+    check_finite("sample_weight", w)
+    if is_concrete(w):
+        v = np.asarray(w, np.float64)
+        if np.any(v < 0):
+            raise ValueError(f"sample_weight must be non-negative; got min {v.min():.3g}.")
+        if not v.sum() > 0:
+            raise ValueError(f"sample_weight must have a positive sum; got {v.sum():.3g}.")
+    return w.astype(dtype)
+
+
+def _stats_checked(stats, n_features: int, covariance_type: str) -> EStepStats:
+    """Validated :class:`EStepStats` for ``covariance_type`` and ``n_features``."""
+    if not isinstance(stats, EStepStats):
+        raise ValueError(f"stats must be an EStepStats (from e_step); got {type(stats).__name__}.")
+    nk = array("stats.nk", stats.nk)
+    check_ndim("stats.nk", nk, 1, "a vector of shape (n_components,)")
+    K, d = nk.shape[0], n_features
+    sum_z = array("stats.sum_z", stats.sum_z)
+    check_shape("stats.sum_z", sum_z, (K, d))
+    sum_zz = array("stats.sum_zz", stats.sum_zz)
+    want = {"full": (K, d, d), "tied": (d, d)}.get(covariance_type, (K, d))
+    check_shape("stats.sum_zz", sum_zz, want, f"for covariance_type={covariance_type!r}")
+    total = array("stats.total_weight", stats.total_weight)
+    check_shape("stats.total_weight", total, ())
+    for field, value in (("nk", nk), ("sum_z", sum_z), ("sum_zz", sum_zz), ("total_weight", total)):
+        check_finite(f"stats.{field}", value)
+    if is_concrete(nk) and np.any(np.asarray(nk) < 0):
+        raise ValueError("stats.nk must be non-negative (it sums responsibilities).")
+    return EStepStats(nk, sum_z, sum_zz, total)
 
 
 # --------------------------------------------------------------------------------------
@@ -267,23 +383,45 @@ def _prepare(params: GMMParams, x: Array, centre: Array | None = None):
 # --------------------------------------------------------------------------------------
 
 
-def log_prob_components(params: GMMParams, x: ArrayLike) -> Array:
-    r"""``(n, K)`` array of :math:`\ln C_k + \ln N(x_i\mid\mu_k,\Sigma_k)` (Eq. (3.48))."""
-    x = jnp.asarray(x)
-    validate_params(params, x.shape[-1])
+def _inputs(params, x, *, n_components: bool = False) -> tuple[GMMParams, Array]:
+    """Validated ``(params, x)``; with ``n_components`` also ``n_samples >= n_components``."""
+    params = _params(params)
+    x = _data(x, n_features=params.n_features, n_components=params.n_components if n_components else None)
+    return params, x
+
+
+def _components(params: GMMParams, x: Array) -> Array:
     z, u, centre = _prepare(params, x)
     return _log_gauss(params, z, u, centre) + jnp.log(params.weights)
 
 
+# Module-level jitted work, cached on the shapes, dtypes and covariance type (a static
+# field of GMMParams): a second eager call with new values of the same shapes compiles nothing.
+_jit_components = jax.jit(_components)
+_jit_log_prob = jax.jit(lambda params, x: jax.nn.logsumexp(_components(params, x), axis=-1))
+_jit_responsibilities = jax.jit(lambda params, x: jax.nn.softmax(_components(params, x), axis=-1))
+_jit_predict = jax.jit(lambda params, x: jnp.argmax(_components(params, x), axis=-1))
+
+
+def log_prob_components(params: GMMParams, x: ArrayLike) -> Array:
+    r"""``(n, K)`` array of :math:`\ln C_k + \ln N(x_i\mid\mu_k,\Sigma_k)` (Eq. (3.48)).
+
+    Raises:
+      ValueError: on invalid ``params`` (see :func:`validate_params`) or ``x`` (not
+        ``(n, d)``, non-finite, or so large that its squares overflow the dtype).
+    """
+    return _jit_components(*_inputs(params, x))
+
+
 def log_prob(params: GMMParams, x: ArrayLike) -> Array:
     r"""Log density :math:`\ln p(x_i) = \ln\sum_k C_k N(x_i\mid\mu_k,\Sigma_k)` for each row of
-    ``x`` ``(n, d)``; returns ``(n,)`` (Eq. (3.48))."""
-    return jax.nn.logsumexp(log_prob_components(params, x), axis=-1)
+    ``x`` ``(n, d)``; returns ``(n,)`` (Eq. (3.48)). Validates as :func:`log_prob_components`."""
+    return _jit_log_prob(*_inputs(params, x))
 
 
 def responsibilities(params: GMMParams, x: ArrayLike) -> Array:
     r"""The posterior :math:`r_{ik} = p(z_i = k \mid x_i)` (Eq. (3.51), (3.65), (3.69)); ``(n, K)``."""
-    return jax.nn.softmax(log_prob_components(params, x), axis=-1)
+    return _jit_responsibilities(*_inputs(params, x))
 
 
 def _e_step(params, z, u, centre, sample_weight):
@@ -325,17 +463,36 @@ def _m_step(stats: EStepStats, covariance_type: str, reg_covar: float, centre: A
     return GMMParams(nk / jnp.sum(nk), m + centre, covs, covariance_type)
 
 
+def _e_step_x(params, x, sample_weight):
+    z, u, centre = _prepare(params, x)
+    return _e_step(params, z, u, centre, sample_weight)
+
+
+def _m_step_x(stats, x, covariance_type, reg_covar):
+    return _m_step(stats, covariance_type, reg_covar, jnp.mean(x, axis=0))
+
+
+def _em_step_x(params, x, reg_covar, sample_weight):
+    z, u, centre = _prepare(params, x)
+    stats, loglik = _e_step(params, z, u, centre, sample_weight)
+    return _m_step(stats, params.covariance_type, reg_covar, centre), loglik
+
+
+_jit_e_step = jax.jit(_e_step_x)
+_jit_m_step = jax.jit(_m_step_x, static_argnums=(2,))
+_jit_em_step = jax.jit(_em_step_x)
+
+
 def e_step(params: GMMParams, x: ArrayLike, sample_weight: ArrayLike | None = None) -> tuple[EStepStats, Array]:
     r"""E-step: responsibilities (Eq. (3.51)) reduced to sufficient statistics, and the mean
     log-likelihood :math:`\frac1N\sum_i w_i \ln p(x_i)` of ``params``.
 
     The statistics are centred at the data mean (``sum_z`` and ``sum_zz`` are of
     :math:`z = x - \bar x`); :func:`m_step` takes the same ``x`` to undo the shift.
+    ``sample_weight``: optional ``(n,)`` weights, finite and >= 0 with a positive sum.
     """
-    x = jnp.asarray(x)
-    validate_params(params, x.shape[-1])
-    z, u, centre = _prepare(params, x)
-    return _e_step(params, z, u, centre, sample_weight)
+    params, x = _inputs(params, x)
+    return _jit_e_step(params, x, _sample_weight(sample_weight, x.shape[0], x.dtype))
 
 
 def m_step(stats: EStepStats, x: ArrayLike, covariance_type: str = "full", reg_covar: float = 1e-6) -> GMMParams:
@@ -344,22 +501,26 @@ def m_step(stats: EStepStats, x: ArrayLike, covariance_type: str = "full", reg_c
     .. math:: C_k = \frac{N_k}{N},\quad \mu_k = \frac{1}{N_k}\sum_i r_{ik}x_i,\quad
               \Sigma_k = \frac1{N_k}\sum_i r_{ik}(x_i-\mu_k)(x_i-\mu_k)^\top + \text{reg\_covar}\, I
 
-    (diag: the diagonal; spherical: its mean; tied: one pooled covariance).
+    (diag: the diagonal; spherical: its mean; tied: one pooled covariance). ``reg_covar``
+    must be finite and >= 0.
     """
-    if covariance_type not in COVARIANCE_TYPES:
-        raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}; got {covariance_type!r}.")
-    return _m_step(stats, covariance_type, reg_covar, jnp.mean(jnp.asarray(x), axis=0))
+    covariance_type = choice("covariance_type", covariance_type, COVARIANCE_TYPES)
+    x = _data(x)
+    stats = _stats_checked(stats, x.shape[1], covariance_type)
+    return _jit_m_step(stats, x, covariance_type, regulariser("reg_covar", reg_covar))
 
 
 def em_step(params: GMMParams, x: ArrayLike, reg_covar: float = 1e-6,
             sample_weight: ArrayLike | None = None) -> tuple[GMMParams, Array]:
     """One EM iteration. Returns ``(new_params, loglik)`` with ``loglik`` the mean
-    log-likelihood of the *input* ``params`` (scikit-learn's lower bound)."""
-    x = jnp.asarray(x)
-    validate_params(params, x.shape[-1])
-    z, u, centre = _prepare(params, x)
-    stats, loglik = _e_step(params, z, u, centre, sample_weight)
-    return _m_step(stats, params.covariance_type, reg_covar, centre), loglik
+    log-likelihood of the *input* ``params`` (scikit-learn's lower bound).
+
+    Needs ``n_samples >= n_components``; ``reg_covar`` finite and >= 0; ``sample_weight`` as
+    in :func:`e_step`.
+    """
+    params, x = _inputs(params, x, n_components=True)
+    reg_covar = regulariser("reg_covar", reg_covar)
+    return _jit_em_step(params, x, reg_covar, _sample_weight(sample_weight, x.shape[0], x.dtype))
 
 
 def em(params: GMMParams, x: Array, *, max_iter: int = 100, tol: float = 1e-3, reg_covar: float = 1e-6,
@@ -368,12 +529,30 @@ def em(params: GMMParams, x: Array, *, max_iter: int = 100, tol: float = 1e-3, r
     seeds or datasets of equal shape.
 
     Stops when ``|loglik_t - loglik_{t-1}| < tol`` (scikit-learn's rule; ``tol=0`` runs all
-    ``max_iter`` iterations).
+    ``max_iter`` iterations). It does not warn (it runs under ``jit``): check ``converged``,
+    or use :func:`fit`, which warns.
+
+    Args:
+      params: the starting point.
+      x: ``(n_samples, n_features)`` data, finite, ``n_samples >= n_components``.
+      max_iter: a positive integer (static).
+      tol: finite, >= 0.
+      reg_covar: finite, >= 0.
+      sample_weight: as in :func:`e_step`.
 
     Returns:
       ``(params, history, n_iter, converged)`` with ``history`` ``(max_iter,)`` holding the
       mean log-likelihood at each E-step (NaN after ``n_iter``).
     """
+    params, x = _inputs(params, x, n_components=True)
+    max_iter = count("max_iter", max_iter)
+    tol = finite_scalar("tol", tol, minimum=0.0)
+    reg_covar = regulariser("reg_covar", reg_covar)
+    sample_weight = _sample_weight(sample_weight, x.shape[0], x.dtype)
+    return _jit_em_one(params, x, max_iter, tol, reg_covar, sample_weight)
+
+
+def _em(params, x, max_iter, tol, reg_covar, sample_weight):
     z, u, centre = _prepare(params, x)
     dtype = z.dtype
     history = jnp.full((max_iter,), jnp.nan, dtype)
@@ -396,9 +575,27 @@ def em(params: GMMParams, x: Array, *, max_iter: int = 100, tol: float = 1e-3, r
     return params, history, n_iter, converged
 
 
+_jit_em_one = jax.jit(_em, static_argnums=(2,))
+
+
 # --------------------------------------------------------------------------------------
 # Q function and ELBO (Eq. (3.58)-(3.77))
 # --------------------------------------------------------------------------------------
+
+
+def _q(params, params_old, x):
+    resp = jax.nn.softmax(_components(params_old, x), axis=-1)
+    return jnp.mean(jnp.sum(resp * _components(params, x), axis=-1))
+
+
+def _elbo(params, resp, x):
+    joint = _components(params, x)
+    safe = jnp.where(resp > 0, resp, 1.0)
+    return jnp.mean(jnp.sum(jnp.where(resp > 0, resp * (joint - jnp.log(safe)), 0.0), axis=-1))
+
+
+_jit_q = jax.jit(_q)
+_jit_elbo = jax.jit(_elbo)
 
 
 def q_function(params: GMMParams, params_old: GMMParams, x: ArrayLike) -> Array:
@@ -410,9 +607,11 @@ def q_function(params: GMMParams, params_old: GMMParams, x: ArrayLike) -> Array:
 
     The M-step maximises it over :math:`\theta`. Erratum (3.70): the printed
     :math:`\tfrac12\det(\Sigma^{-1})` should read :math:`\tfrac12\ln\det(\Sigma^{-1})`.
+    ``params_old`` must have the same number of components and features as ``params``.
     """
-    resp = responsibilities(params_old, x)
-    return jnp.mean(jnp.sum(resp * log_prob_components(params, x), axis=-1))
+    params, x = _inputs(params, x)
+    params_old = _params(params_old, params.n_features, "params_old", params.n_components)
+    return _jit_q(params, params_old, x)
 
 
 def elbo(params: GMMParams, resp: ArrayLike, x: ArrayLike) -> Array:
@@ -424,14 +623,13 @@ def elbo(params: GMMParams, resp: ArrayLike, x: ArrayLike) -> Array:
               = \frac1N\sum_i \ln p(x_i) - \frac1N\sum_i \mathrm{KL}(r_i \,\|\, p(z\mid x_i))
 
     so the gap to the log-likelihood is the KL divergence, zero exactly at the posterior
-    (Eq. (3.65)-(3.66)).
+    (Eq. (3.65)-(3.66)). Each row of ``resp`` must be a distribution (>= 0, summing to 1).
     """
-    resp = jnp.asarray(resp)
-    joint = log_prob_components(params, x)
-    if resp.shape != joint.shape:
-        raise ValueError(f"resp must have shape {joint.shape}; got {resp.shape}.")
-    safe = jnp.where(resp > 0, resp, 1.0)
-    return jnp.mean(jnp.sum(jnp.where(resp > 0, resp * (joint - jnp.log(safe)), 0.0), axis=-1))
+    params, x = _inputs(params, x)
+    resp = array("resp", resp)
+    check_shape("resp", resp, (x.shape[0], params.n_components), "one distribution over components per sample")
+    resp = distribution("resp", resp, axis=-1)
+    return _jit_elbo(params, resp, x)
 
 
 # --------------------------------------------------------------------------------------
@@ -445,8 +643,9 @@ def predict_proba(params: GMMParams, x: ArrayLike) -> Array:
 
 
 def predict(params: GMMParams, x: ArrayLike) -> Array:
-    """Most probable component of each sample, ``(n,)``."""
-    return jnp.argmax(log_prob_components(params, x), axis=-1)
+    """Most probable component of each sample, ``(n,)``. Refuses non-finite rows (it never
+    labels a NaN)."""
+    return _jit_predict(*_inputs(params, x))
 
 
 def _cholesky_full(params: GMMParams) -> Array:
@@ -460,40 +659,61 @@ def _cholesky_full(params: GMMParams) -> Array:
     return jax.vmap(jnp.diag)(jnp.sqrt(var))
 
 
-def sample(key: PRNGKey, params: GMMParams, n: int) -> tuple[Array, Array]:
-    r"""Draws ``n`` samples: :math:`k \sim C`, :math:`x = \mu_k + L_k \epsilon`.
-
-    Returns:
-      ``(x (n, d), components (n,))``.
-    """
-    validate_params(params)
-    if int(n) < 1:
-        raise ValueError(f"n must be a positive integer; got {n}.")
+def _sample(key, params, n):
     key_k, key_x = jax.random.split(key)
-    comps = jax.random.categorical(key_k, jnp.log(params.weights), shape=(int(n),))
-    eps = jax.random.normal(key_x, (int(n), params.means.shape[1]), params.means.dtype)
+    comps = jax.random.categorical(key_k, jnp.log(params.weights), shape=(n,))
+    eps = jax.random.normal(key_x, (n, params.means.shape[1]), params.means.dtype)
     L = _cholesky_full(params)
     x = params.means[comps] + jnp.einsum("nab,nb->na", L[comps], eps, precision=HIGHEST)
     return x, comps
 
 
+_jit_sample = jax.jit(_sample, static_argnums=(2,))
+
+
+def sample(key: PRNGKey, params: GMMParams, n: int) -> tuple[Array, Array]:
+    r"""Draws ``n`` samples: :math:`k \sim C`, :math:`x = \mu_k + L_k \epsilon`.
+
+    Args:
+      key: PRNG key.
+      params: the mixture.
+      n: a positive integer (static: each new ``n`` compiles once).
+
+    Returns:
+      ``(x (n, d), components (n,))``.
+    """
+    return _jit_sample(key, _params(params), count("n", n))
+
+
+def _n_parameters(covariance_type: str, K: int, d: int) -> int:
+    cov = {"full": K * d * (d + 1) // 2, "tied": d * (d + 1) // 2, "diag": K * d, "spherical": K}
+    return cov[covariance_type] + K * d + K - 1
+
+
 def n_parameters(params: GMMParams) -> int:
     """Number of free parameters (as scikit-learn's ``_n_parameters``)."""
-    K, d = params.means.shape
-    cov = {"full": K * d * (d + 1) // 2, "tied": d * (d + 1) // 2, "diag": K * d, "spherical": K}
-    return cov[params.covariance_type] + K * d + K - 1
+    params = _params(params)
+    return _n_parameters(params.covariance_type, params.n_components, params.n_features)
+
+
+def _criterion(params, x, per_parameter):
+    """``-2 sum_i ln p(x_i) + per_parameter * p``, with ``per_parameter`` static."""
+    penalty = _n_parameters(params.covariance_type, params.n_components, params.n_features) * per_parameter
+    return -2.0 * jnp.sum(jax.nn.logsumexp(_components(params, x), axis=-1)) + penalty
+
+
+_jit_criterion = jax.jit(_criterion, static_argnums=(2,))
 
 
 def bic(params: GMMParams, x: ArrayLike) -> Array:
     r"""Bayesian information criterion :math:`-2\sum_i \ln p(x_i) + p \ln N` (lower is better)."""
-    x = jnp.asarray(x)
-    n = x.shape[0]
-    return -2.0 * jnp.sum(log_prob(params, x)) + n_parameters(params) * math.log(n)
+    params, x = _inputs(params, x)
+    return _jit_criterion(params, x, math.log(x.shape[0]))
 
 
 def aic(params: GMMParams, x: ArrayLike) -> Array:
     r"""Akaike information criterion :math:`-2\sum_i \ln p(x_i) + 2p` (lower is better)."""
-    return -2.0 * jnp.sum(log_prob(params, x)) + 2 * n_parameters(params)
+    return _jit_criterion(*_inputs(params, x), 2.0)
 
 
 # --------------------------------------------------------------------------------------
@@ -530,6 +750,9 @@ def _kmeans_plus_plus(key, x, n_components, sample_weight):
     return idx
 
 
+INIT_METHODS = ("kmeans++", "random", "random_from_data")
+
+
 def initialize(key: PRNGKey, x: Array, n_components: int, covariance_type: str = "full", init: str = "kmeans++",
                reg_covar: float = 1e-6, sample_weight: Array | None = None) -> GMMParams:
     """Initial parameters as scikit-learn builds them: initial responsibilities from
@@ -538,7 +761,19 @@ def initialize(key: PRNGKey, x: Array, n_components: int, covariance_type: str =
     * ``"kmeans++"``: hard assignment to k-means++ seeds (JAX-native);
     * ``"random"``: uniform random responsibilities, normalised;
     * ``"random_from_data"``: K distinct data points, each the only member of its component.
+
+    ``x``, ``n_components``, ``reg_covar`` and ``sample_weight`` are validated as in :func:`fit`.
     """
+    n_components = count("n_components", n_components)
+    covariance_type = choice("covariance_type", covariance_type, COVARIANCE_TYPES)
+    init = choice("init", init, INIT_METHODS)
+    x = _data(x, n_components=n_components)
+    reg_covar = regulariser("reg_covar", reg_covar)
+    sample_weight = _sample_weight(sample_weight, x.shape[0], x.dtype)
+    return _jit_initialize_one(key, x, n_components, covariance_type, init, reg_covar, sample_weight)
+
+
+def _initialize(key, x, n_components, covariance_type, init, reg_covar, sample_weight):
     n = x.shape[0]
     if init == "kmeans++":
         centres = x[_kmeans_plus_plus(key, x, n_components, sample_weight)]
@@ -548,16 +783,17 @@ def initialize(key: PRNGKey, x: Array, n_components: int, covariance_type: str =
     elif init == "random":
         resp = jax.random.uniform(key, (n, n_components), x.dtype)
         resp = resp / jnp.sum(resp, axis=1, keepdims=True)
-    elif init == "random_from_data":
+    else:  # "random_from_data"
         chosen = jax.random.choice(key, n, (n_components,), replace=False)
         resp = jnp.zeros((n, n_components), x.dtype).at[chosen, jnp.arange(n_components)].set(1.0)
-    else:
-        raise ValueError(f"init must be 'kmeans++', 'random', 'random_from_data' or a GMMParams; got {init!r}.")
     centre = jnp.mean(x, axis=0)
     z = x - centre
     u = _quadratic_features(z) if covariance_type in ("full", "tied") else None
     w = jnp.ones((n,), x.dtype) if sample_weight is None else sample_weight
     return _m_step(_stats(resp, z, u, w, covariance_type), covariance_type, reg_covar, centre)
+
+
+_jit_initialize_one = jax.jit(_initialize, static_argnums=(2, 3, 4))
 
 
 def fit(key: PRNGKey, x: ArrayLike, n_components: int, *, covariance_type: str = "full",
@@ -590,29 +826,15 @@ def fit(key: PRNGKey, x: ArrayLike, n_components: int, *, covariance_type: str =
       ValueError: on bad input, or when a component collapses (non-finite parameters),
         naming ``reg_covar``.
     """
-    if covariance_type not in COVARIANCE_TYPES:
-        raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}; got {covariance_type!r}.")
-    if not isinstance(n_components, (int, np.integer)) or n_components < 1:
-        raise ValueError(f"n_components must be a positive integer; got {n_components!r}.")
-    x = _validate_data(x, int(n_components))
+    covariance_type = choice("covariance_type", covariance_type, COVARIANCE_TYPES)
+    n_components = count("n_components", n_components)
+    x = _data(x, n_components=n_components)
     n, d = x.shape
-    if not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive integer; got {max_iter!r}.")
-    if not (isinstance(tol, (int, float, np.floating)) and tol >= 0 and math.isfinite(tol)):
-        raise ValueError(f"tol must be a finite number >= 0; got {tol!r}.")
-    if not (isinstance(reg_covar, (int, float, np.floating)) and reg_covar >= 0 and math.isfinite(reg_covar)):
-        raise ValueError(f"reg_covar must be a finite number >= 0; got {reg_covar!r}.")
-    if not isinstance(n_init, (int, np.integer)) or n_init < 1:
-        raise ValueError(f"n_init must be a positive integer; got {n_init!r}.")
-    if sample_weight is not None:
-        check_ndim("sample_weight", sample_weight, 1, f"a vector of shape ({n},)")
-        if np.shape(sample_weight)[0] != n:
-            raise ValueError(f"sample_weight must have shape ({n},); got {np.shape(sample_weight)}.")
-        check_finite("sample_weight", sample_weight)
-        sw = np.asarray(sample_weight)
-        if np.any(sw < 0) or sw.sum() <= 0:
-            raise ValueError("sample_weight must be non-negative with a positive sum.")
-        sample_weight = jnp.asarray(sample_weight, x.dtype)
+    max_iter = count("max_iter", max_iter)
+    tol = finite_scalar("tol", tol, minimum=0.0)
+    reg_covar = regulariser("reg_covar", reg_covar)
+    n_init = count("n_init", n_init)
+    sample_weight = _sample_weight(sample_weight, n, x.dtype)
 
     if isinstance(init, GMMParams):
         if n_init != 1:
@@ -620,18 +842,15 @@ def fit(key: PRNGKey, x: ArrayLike, n_components: int, *, covariance_type: str =
         if init.covariance_type != covariance_type:
             raise ValueError(f"init.covariance_type is {init.covariance_type!r} but covariance_type is "
                              f"{covariance_type!r}.")
-        if init.means.shape[0] != n_components:
-            raise ValueError(f"init must have {n_components} components; got {init.means.shape[0]}.")
-        validate_params(init, d, name="init")
+        init = _params(init, d, name="init", n_components=n_components)
         starts = jax.tree_util.tree_map(lambda a: jnp.asarray(a, x.dtype)[None], init)
     else:
-        if init not in ("kmeans++", "random", "random_from_data"):
+        if not isinstance(init, str) or init not in INIT_METHODS:
             raise ValueError(f"init must be 'kmeans++', 'random', 'random_from_data' or a GMMParams; got {init!r}.")
         keys = jax.random.split(key, n_init)
-        starts = _jit_initialize(keys, x, int(n_components), covariance_type, init, float(reg_covar),
-                                 sample_weight)
+        starts = _jit_initialize(keys, x, n_components, covariance_type, init, reg_covar, sample_weight)
 
-    params, history, n_iter, converged = _jit_em(starts, x, int(max_iter), float(tol), float(reg_covar),
+    params, history, n_iter, converged = _jit_em(starts, x, max_iter, tol, reg_covar,
                                                  sample_weight)
     history = np.asarray(history)
     n_iter = np.asarray(n_iter)
@@ -685,15 +904,14 @@ def _numerically_singular(params: GMMParams, x: Array) -> np.ndarray:
 
 
 def _initialize_many(keys, x, n_components, covariance_type, init, reg_covar, sample_weight):
-    return jax.vmap(lambda k: initialize(k, x, n_components, covariance_type, init, reg_covar, sample_weight))(keys)
+    return jax.vmap(lambda k: _initialize(k, x, n_components, covariance_type, init, reg_covar, sample_weight))(keys)
 
 
 _jit_initialize = jax.jit(_initialize_many, static_argnums=(2, 3, 4))
 
 
 def _em_many(starts, x, max_iter, tol, reg_covar, sample_weight):
-    return jax.vmap(lambda p: em(p, x, max_iter=max_iter, tol=tol, reg_covar=reg_covar,
-                                 sample_weight=sample_weight))(starts)
+    return jax.vmap(lambda p: _em(p, x, max_iter, tol, reg_covar, sample_weight))(starts)
 
 
 _jit_em = jax.jit(_em_many, static_argnums=(2,))

@@ -15,6 +15,14 @@ method raises a ValueError naming it. Two spins that are always equal (or always
 have an infinite maximum-likelihood coupling: :func:`exact_ml`, :func:`pseudolikelihood` and
 :func:`mpf` raise a ValueError naming them unless ``l2 > 0``; :func:`mean_field` and
 :func:`tap` regularise the singular correlation matrix with a ridge (documented default).
+
+Validation (issue #12): data must be finite +-1 spins of shape ``(num_samples, n)`` (integer
+data and lists accepted); ``l2``, ``ridge`` and ``tol`` finite and >= 0; ``max_iter``,
+``batch_size`` and ``cg_iters`` positive integers. Value checks need concrete inputs, so under
+a caller's ``jit`` only shapes are checked. The iterative fits warn
+(:class:`~jaxebm._validation.ConvergenceWarning`) when they stop at ``max_iter`` short of
+``tol``. Their work is in module-level jitted functions keyed on shapes, dtypes and static
+options, so a second eager call with new data of the same shape compiles nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +37,18 @@ import optax
 from jax import lax
 
 from jaxebm import ising
-from jaxebm._validation import is_concrete
+from jaxebm._validation import (
+    ConvergenceWarning,
+    array,
+    check_finite,
+    check_shape,
+    check_symmetric_zero_diagonal,
+    count,
+    finite_scalar,
+    is_concrete,
+    regulariser,
+    spins,
+)
 from jaxebm.ising import IsingParams
 
 HIGHEST = lax.Precision.HIGHEST
@@ -43,7 +62,9 @@ __all__ = ["exact_ml", "mean_field", "mpf", "mpf_objective", "pseudolikelihood",
 
 
 def _check_data(data, l2: float | None = None, method: str = "") -> jax.Array:
-    data = ising.validate_data(data)
+    """``(num_samples, n)`` +-1 spins (integer data accepted), finite; when concrete, no
+    constant spin and, with ``l2 == 0``, no two spins always equal or opposite."""
+    data = spins("data", data, ndim=2)
     if not is_concrete(data):  # inside jit/vmap: shape checks only
         return data.astype(jnp.result_type(data, jnp.float32))
     x = np.asarray(data)
@@ -53,7 +74,7 @@ def _check_data(data, l2: float | None = None, method: str = "") -> jax.Array:
         k = int(constant[0])
         raise ValueError(f"spin {k} never flips in data (always {int(x[0, k]):+d}): its maximum-likelihood field "
                          "is infinite. Remove constant spins before fitting.")
-    if l2 is not None and l2 == 0:
+    if l2 is not None and is_concrete(l2) and l2 == 0:
         corr = x.T @ x / x.shape[0]
         np.fill_diagonal(corr, 0.0)
         k, l = np.unravel_index(np.argmax(np.abs(corr)), corr.shape)
@@ -74,19 +95,67 @@ def _symmetrise(J):
 # --------------------------------------------------------------------------------------
 
 
-def _connected(data, ridge):
-    mean, corr = ising.data_moments(data)
+def _data_moments(data):
+    """Empirical moments of validated data (inside jit); the diagonal of the second moment is
+    exactly 1, as :func:`jaxebm.ising.data_moments`."""
+    mean = jnp.mean(data, axis=0)
+    corr = jnp.matmul(data.T, data, precision=HIGHEST) / data.shape[0]
+    return mean, corr.at[jnp.diag_indices(data.shape[1])].set(1.0)
+
+
+def _connected(data, ridge, auto):
+    """``(mean, C + ridge I, eigmin(C), ridge used)``; with ``auto`` the documented default ridge
+    of ``1e-3 * mean variance`` when C is numerically singular, else 0."""
+    mean, corr = _data_moments(data)
     C = corr - jnp.outer(mean, mean)
     n = C.shape[0]
     scale = jnp.mean(jnp.diag(C))
     eigmin = jnp.linalg.eigvalsh(C)[0]
-    if ridge is None:
-        # documented default: a ridge of 1e-3 * mean variance when C is numerically singular
-        ridge = jnp.where(eigmin < 1e-6 * scale, 1e-3 * scale, 0.0)
-        if not isinstance(eigmin, jax.core.Tracer) and float(eigmin) < 1e-6 * float(scale):
-            warnings.warn(f"the connected correlation matrix is singular (smallest eigenvalue {float(eigmin):.2e}); "
-                          f"adding a ridge of {float(ridge):.2e} (pass ridge= to choose).", stacklevel=3)
-    return mean, C + ridge * jnp.eye(n, dtype=C.dtype)
+    if auto:
+        ridge = jnp.where(eigmin < 1e-6 * scale, 1e-3 * scale, jnp.zeros((), C.dtype))
+    return mean, C + ridge * jnp.eye(n, dtype=C.dtype), eigmin, ridge
+
+
+def _ridge(ridge):
+    """``(ridge value, auto)``: ``None`` selects the documented default (static ``auto``)."""
+    return (0.0, True) if ridge is None else (regulariser("ridge", ridge), False)
+
+
+def _report(method, params, eigmin, ridge, auto):
+    """Eager-only follow-up of :func:`mean_field` / :func:`tap`: warn when the default ridge was
+    added; refuse a non-finite result (an explicit ridge too small for a singular C)."""
+    if not is_concrete((params, eigmin, ridge)):
+        return params
+    if auto and float(ridge) > 0:
+        warnings.warn(f"the connected correlation matrix is singular (smallest eigenvalue {float(eigmin):.2e}); "
+                      f"adding a ridge of {float(ridge):.2e} (pass ridge= to choose).", stacklevel=3)
+    if not all(np.all(np.isfinite(np.asarray(leaf))) for leaf in params):
+        raise ValueError(f"{method}: the connected correlation matrix is singular (smallest eigenvalue "
+                         f"{float(eigmin):.2e}) and ridge={float(ridge):g} does not regularise it; pass ridge > 0 "
+                         "(or ridge=None for the default).")
+    return params
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _mean_field(data, ridge, auto):
+    m, C, eigmin, ridge = _connected(data, ridge, auto)
+    J = _symmetrise(-jnp.linalg.inv(C))
+    return IsingParams(jnp.arctanh(m) - J @ m, J), eigmin, ridge
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _tap(data, ridge, auto):
+    m, C, eigmin, ridge = _connected(data, ridge, auto)
+    inv = jnp.linalg.inv(C)
+    mm = jnp.outer(m, m)
+    disc = 1.0 - 8.0 * inv * mm
+    small = jnp.abs(mm) < 1e-8
+    safe_mm = jnp.where(small, 1.0, mm)
+    root = (-1.0 + jnp.sqrt(jnp.maximum(disc, 0.0))) / (4.0 * safe_mm)
+    J = jnp.where(small | (disc < 0), -inv, root)
+    J = _symmetrise(J)
+    h = jnp.arctanh(m) - J @ m + m * ((J * J) @ (1.0 - m * m))
+    return IsingParams(h, J), eigmin, ridge
 
 
 def mean_field(data, *, ridge: float | None = None) -> IsingParams:
@@ -97,12 +166,12 @@ def mean_field(data, *, ridge: float | None = None) -> IsingParams:
     with :math:`C = \langle xx^\top\rangle - mm^\top` the connected correlation of the data.
     When C is singular (e.g. duplicated spins) a ridge ``ridge * I`` is added; the default
     is ``1e-3 * mean(diag C)`` when the smallest eigenvalue is below ``1e-6 * mean(diag C)``
-    (with a warning), else 0.
+    (with a warning), else 0. An explicit ``ridge`` must be finite and >= 0; one that leaves C
+    singular raises (eagerly).
     """
     data = _check_data(data)
-    m, C = _connected(data, ridge)
-    J = _symmetrise(-jnp.linalg.inv(C))
-    return IsingParams(jnp.arctanh(m) - J @ m, J)
+    ridge, auto = _ridge(ridge)
+    return _report("mean_field", *_mean_field(data, ridge, auto), auto)
 
 
 def tap(data, *, ridge: float | None = None) -> IsingParams:
@@ -118,17 +187,8 @@ def tap(data, *, ridge: float | None = None) -> IsingParams:
     :math:`-(C^{-1})_{ij}` is used. Ridge as in :func:`mean_field`.
     """
     data = _check_data(data)
-    m, C = _connected(data, ridge)
-    inv = jnp.linalg.inv(C)
-    mm = jnp.outer(m, m)
-    disc = 1.0 - 8.0 * inv * mm
-    small = jnp.abs(mm) < 1e-8
-    safe_mm = jnp.where(small, 1.0, mm)
-    root = (-1.0 + jnp.sqrt(jnp.maximum(disc, 0.0))) / (4.0 * safe_mm)
-    J = jnp.where(small | (disc < 0), -inv, root)
-    J = _symmetrise(J)
-    h = jnp.arctanh(m) - J @ m + m * ((J * J) @ (1.0 - m * m))
-    return IsingParams(h, J)
+    ridge, auto = _ridge(ridge)
+    return _report("tap", *_tap(data, ridge, auto), auto)
 
 
 # --------------------------------------------------------------------------------------
@@ -142,6 +202,41 @@ def _unpack(theta, n, symmetric):
         return ising.from_flat(theta, n).J, h
     W = theta[n:].reshape(n, n)
     return W * (1.0 - jnp.eye(n, dtype=W.dtype)), h
+
+
+def _graph_size(graph, symmetric):
+    """Length of the flat parameters on a graph: ``(h, J_e)`` or ``(h, W[k, slot])``."""
+    return graph.n + (graph.num_edges if symmetric else graph.n * np.shape(graph.neighbours)[1])
+
+
+def _graph_slots(theta, graph, symmetric):
+    """``(h, couplings per neighbour slot (n, D))`` from flat graph parameters; padded slots
+    are zero. Symmetric: slot d of spin k holds the coupling of edge ``neighbour_edges[k, d]``."""
+    n = graph.n
+    h = theta[:n]
+    if symmetric:
+        slots = theta[n:][jnp.asarray(graph.neighbour_edges)]
+    else:
+        slots = theta[n:].reshape(np.shape(graph.neighbours))
+    return h, jnp.where(jnp.asarray(graph.neighbour_mask), slots, jnp.zeros((), theta.dtype))
+
+
+def _graph_couplings(theta, graph, symmetric):
+    """One coupling per edge (E,): the shared one, or the mean of the two directed ones."""
+    if symmetric:
+        return theta[graph.n:]
+    _, slots = _graph_slots(theta, graph, False)
+    return 0.5 * jax.ops.segment_sum(slots.ravel(), jnp.asarray(graph.neighbour_edges).ravel() % graph.num_edges,
+                                     num_segments=graph.num_edges)
+
+
+def _local_fields(x, h, J, slots, graph):
+    r"""Local fields :math:`f = h + Jx` for a batch ``x`` (B, n): a dense matmul, or on a graph a
+    gather of each spin's neighbours, :math:`f_k = h_k + \sum_d W_{kd}\, x_{\mathrm{nb}(k, d)}`
+    (O(n * degree) per sample)."""
+    if graph is None:
+        return h + jnp.matmul(x, J.T, precision=HIGHEST)
+    return h + jnp.sum(x[:, jnp.asarray(graph.neighbours)] * slots, axis=-1)
 
 
 def _batched_mean(fn, data, batch_size):
@@ -159,8 +254,31 @@ def _batched_mean(fn, data, batch_size):
     return jnp.sum(sums) / M
 
 
+def _objective_args(theta, data, l2, batch_size, graph, symmetric):
+    """Validated ``(theta, data, l2, batch_size)`` of the objectives: data +-1 spins (on
+    ``graph.n`` spins with a graph), ``theta`` flat of the matching length and finite, ``l2``
+    finite >= 0, ``batch_size`` None or a positive integer. Shapes at trace time, values when
+    concrete."""
+    if graph is not None:
+        from jaxebm.graphs import Graph
+
+        if not isinstance(graph, Graph):
+            raise ValueError(f"graph must be a jaxebm.graphs.Graph; got {type(graph).__name__}.")
+    data = spins("data", data, ndim=2, n=None if graph is None else graph.n)
+    data = data.astype(jnp.result_type(data, jnp.float32))
+    n = data.shape[1]
+    if graph is not None:
+        size = _graph_size(graph, symmetric)
+    else:
+        size = n + n * (n - 1) // 2 if symmetric else n + n * n
+    theta = array("theta", theta)
+    check_shape("theta", theta, (size,), f"flat parameters for n = {n}, symmetric={symmetric}")
+    check_finite("theta", theta)
+    return theta, data, regulariser("l2", l2), None if batch_size is None else count("batch_size", batch_size)
+
+
 def pseudolikelihood_objective(theta, data, *, symmetric: bool = True, l2: float = 0.0,
-                               batch_size: int | None = None):
+                               batch_size: int | None = None, graph=None):
     r"""Negative log pseudo-likelihood per sample (Besag 1975), plus ``l2`` on the couplings:
 
     .. math:: -\frac1M\sum_i\sum_k \log p(x_{ik}\mid x_{i,-k})
@@ -169,35 +287,55 @@ def pseudolikelihood_objective(theta, data, *, symmetric: bool = True, l2: float
 
     ``theta`` is flat: ``(h, J[triu])`` when ``symmetric`` (see :func:`jaxebm.ising.to_flat`),
     or ``(h, W.ravel())`` with one free row of couplings per spin (diagonal ignored).
+
+    With a :class:`jaxebm.graphs.Graph`, the couplings live on its edges only: ``theta`` is
+    ``(h, J_e)`` with one coupling per edge in the order of ``graph.edges`` when
+    ``symmetric``, or ``(h, W.ravel())`` with ``W`` of the shape of ``graph.neighbours`` (one
+    coupling per spin and neighbour slot). The sum over l runs over the neighbours of k,
+    gathered (O(n * degree) per sample), and the value equals the dense objective at the
+    dense couplings that are zero off the graph (penalty included: ``l2`` counts each edge
+    twice, as the dense ``J`` does).
     """
+    theta, data, l2, batch_size = _objective_args(theta, data, l2, batch_size, graph, symmetric)
     n = data.shape[1]
-    J, h = _unpack(theta, n, symmetric)
+    if graph is None:
+        J, h = _unpack(theta, n, symmetric)
+        slots = J
+    else:
+        J, (h, slots) = None, _graph_slots(theta, graph, symmetric)
 
     def per_sample(x):
-        f = h + jnp.matmul(x, J.T, precision=HIGHEST)
+        f = _local_fields(x, h, J, slots, graph)
         a = jnp.abs(f)
         return jnp.sum(a + jnp.log1p(jnp.exp(-2.0 * a)) - x * f, axis=1)
 
-    penalty = 0.5 * l2 * jnp.sum(J * J)
+    penalty = 0.5 * l2 * jnp.sum(slots * slots)
     return _batched_mean(per_sample, data, batch_size) + penalty
 
 
-def mpf_objective(theta, data, *, l2: float = 0.0, batch_size: int | None = None):
+def mpf_objective(theta, data, *, l2: float = 0.0, batch_size: int | None = None, graph=None):
     r"""Minimum-probability-flow objective with single-spin-flip connectivity:
 
     .. math:: K(\theta) = \frac1M\sum_i\sum_k \exp\Big(\tfrac12\big(\log w(x_i^{(k)}) - \log w(x_i)\big)\Big)
               = \frac1M\sum_i\sum_k e^{-x_{ik} f_{ik}}
 
-    (:math:`x^{(k)}` is x with spin k flipped), plus ``l2`` on the couplings. Convex.
+    (:math:`x^{(k)}` is x with spin k flipped), plus ``l2`` on the couplings. Convex. With a
+    ``graph``, ``theta`` is ``(h, J_e)`` (one coupling per edge) and the local fields gather
+    neighbours, as in :func:`pseudolikelihood_objective`.
     """
+    theta, data, l2, batch_size = _objective_args(theta, data, l2, batch_size, graph, True)
     n = data.shape[1]
-    J, h = _unpack(theta, n, True)
+    if graph is None:
+        J, h = _unpack(theta, n, True)
+        slots = J
+    else:
+        J, (h, slots) = None, _graph_slots(theta, graph, True)
 
     def per_sample(x):
-        f = h + jnp.matmul(x, J.T, precision=HIGHEST)
+        f = _local_fields(x, h, J, slots, graph)
         return jnp.sum(jnp.exp(-x * f), axis=1)
 
-    return _batched_mean(per_sample, data, batch_size) + 0.5 * l2 * jnp.sum(J * J)
+    return _batched_mean(per_sample, data, batch_size) + 0.5 * l2 * jnp.sum(slots * slots)
 
 
 def _lbfgs(objective, theta0, max_iter, tol):
@@ -222,15 +360,97 @@ def _lbfgs(objective, theta0, max_iter, tol):
 
 
 def pseudolikelihood(data, l2: float = 0.0, *, symmetric: bool = True, max_iter: int = 500, tol: float = 1e-6,
-                     batch_size: int | None = None) -> IsingParams:
+                     batch_size: int | None = None, graph=None):
     r"""Maximum pseudo-likelihood (:func:`pseudolikelihood_objective`), fitted with optax L-BFGS.
 
     ``symmetric=True`` shares :math:`J_{kl} = J_{lk}`; ``symmetric=False`` fits each spin's
     conditional independently (n logistic regressions) and returns :math:`(J + J^\top)/2`.
     ``batch_size`` evaluates the objective in batches of rows (same result, less memory).
+    ``l2`` and ``tol`` must be finite and >= 0, ``max_iter`` and ``batch_size`` positive
+    integers. Stopping at ``max_iter`` with the gradient's max-norm above ``tol`` gives a
+    :class:`~jaxebm._validation.ConvergenceWarning` (eager calls; under a caller's ``jit``
+    nothing can warn). The fit is a module-level jitted function, so further calls with new
+    data of the same shape compile nothing.
+
+    With ``graph`` (a :class:`jaxebm.graphs.Graph` on ``data.shape[1]`` spins) only the
+    graph's edges carry couplings: the objective gathers neighbours, O(n * degree) per
+    sample instead of O(n^2), so lattices of thousands of spins fit, and the result is a
+    :class:`jaxebm.ising.GraphIsingParams` with one coupling per edge. Pseudo-likelihood is
+    consistent for the model restricted to the graph (Besag 1975).
+
+    Returns:
+      ``IsingParams``, or ``GraphIsingParams(h, J, graph)`` when ``graph`` is given.
     """
+    l2, max_iter, tol, batch_size = _fit_options(l2, max_iter, tol, batch_size)
+    if not isinstance(symmetric, (bool, np.bool_)):
+        raise ValueError(f"symmetric must be True or False; got {symmetric!r}.")
+    symmetric = bool(symmetric)
+    if graph is not None:
+        data = _check_graph_data(data, graph, l2, "pseudolikelihood")
+        return _fit_on_graph(data, l2, tol, graph, "pseudolikelihood", symmetric, batch_size, max_iter)
     data = _check_data(data, l2, "pseudolikelihood")
-    return _fit_pl(data, l2, tol, symmetric, batch_size, max_iter)
+    return _warn_unconverged("pseudolikelihood", *_fit_pl(data, l2, tol, symmetric, batch_size, max_iter), max_iter,
+                             tol)
+
+
+def _fit_options(l2, max_iter, tol, batch_size):
+    """Validated ``(l2, max_iter, tol, batch_size)`` of the L-BFGS fits: ``l2`` finite >= 0,
+    ``max_iter`` a positive integer, ``tol`` finite >= 0, ``batch_size`` None or a positive
+    integer."""
+    return (regulariser("l2", l2), count("max_iter", max_iter), finite_scalar("tol", tol, minimum=0.0),
+            None if batch_size is None else count("batch_size", batch_size))
+
+
+def _warn_unconverged(method, params, iters, grad_max, max_iter, tol):
+    """Eagerly: a ConvergenceWarning when L-BFGS stopped at ``max_iter`` with the gradient's
+    max-norm still above ``tol`` (under a caller's jit nothing can be reported)."""
+    if is_concrete((iters, grad_max)) and int(iters) >= max_iter and not float(grad_max) <= tol:
+        warnings.warn(f"{method} stopped after max_iter={max_iter} L-BFGS steps without meeting tol: the final "
+                      f"gradient max-norm is {float(grad_max):.2e} (tol {tol:g}). Increase max_iter or tol.",
+                      ConvergenceWarning, stacklevel=3)
+    return params
+
+
+def _check_graph_data(data, graph, l2, method):
+    """Validates ``graph``, ``l2`` and ``data`` (n = graph.n columns of +-1 spins, no constant
+    spin, and with ``l2 == 0`` no edge whose two spins are always equal or opposite)."""
+    from jaxebm.graphs import Graph
+
+    if not isinstance(graph, Graph):
+        raise ValueError(f"graph must be a jaxebm.graphs.Graph; got {type(graph).__name__}.")
+    if np.ndim(data) == 2 and np.shape(data)[1] != graph.n:
+        raise ValueError(f"data must have {graph.n} columns (spins), one per node of graph; got shape "
+                         f"{np.shape(data)}.")
+    data = _check_data(data, None, method)
+    if is_concrete(data) and is_concrete(l2) and l2 == 0 and graph.num_edges:
+        x = np.asarray(data)
+        edges = np.asarray(graph.edges)
+        edge_corr = np.mean(x[:, edges[:, 0]] * x[:, edges[:, 1]], axis=0)
+        e = int(np.argmax(np.abs(edge_corr)))
+        if np.abs(edge_corr[e]) == 1.0:
+            k, l = (int(v) for v in edges[e])
+            relation = "equal" if edge_corr[e] > 0 else "opposite"
+            raise ValueError(f"spins {k} and {l} (edge {e}) are always {relation} in data: their maximum-likelihood "
+                             f"coupling is infinite. Use l2 > 0 with {method}, or remove the edge.")
+    return data
+
+
+def _fit_on_graph(data, l2, tol, graph, method, symmetric, batch_size, max_iter):
+    h, J, iters, grad_max = _fit_graph_jit(data, l2, tol, graph, method, symmetric, batch_size, max_iter)
+    return _warn_unconverged(f"{method} on the graph", ising.GraphIsingParams(h, J, graph), iters, grad_max,
+                             max_iter, tol)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
+def _fit_graph_jit(data, l2, tol, graph, method, symmetric, batch_size, max_iter):
+    if method == "mpf":
+        objective = functools.partial(mpf_objective, data=data, l2=l2, batch_size=batch_size, graph=graph)
+    else:
+        objective = functools.partial(pseudolikelihood_objective, data=data, symmetric=symmetric, l2=l2,
+                                      batch_size=batch_size, graph=graph)
+    theta, iters = _lbfgs(objective, jnp.zeros((_graph_size(graph, symmetric),), data.dtype), max_iter, tol)
+    grad_max = jnp.max(jnp.abs(jax.grad(objective)(theta)))
+    return theta[:graph.n], _graph_couplings(theta, graph, symmetric), iters, grad_max
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5))
@@ -239,23 +459,36 @@ def _fit_pl(data, l2, tol, symmetric, batch_size, max_iter):
     size = n + n * (n - 1) // 2 if symmetric else n + n * n
     objective = functools.partial(pseudolikelihood_objective, data=data, symmetric=symmetric, l2=l2,
                                   batch_size=batch_size)
-    theta, _ = _lbfgs(objective, jnp.zeros((size,), data.dtype), max_iter, tol)
+    theta, iters = _lbfgs(objective, jnp.zeros((size,), data.dtype), max_iter, tol)
     J, h = _unpack(theta, n, symmetric)
-    return IsingParams(h, _symmetrise(J))
+    return IsingParams(h, _symmetrise(J)), iters, jnp.max(jnp.abs(jax.grad(objective)(theta)))
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4))
 def _fit_mpf(data, l2, tol, batch_size, max_iter):
     n = data.shape[1]
     objective = functools.partial(mpf_objective, data=data, l2=l2, batch_size=batch_size)
-    theta, _ = _lbfgs(objective, jnp.zeros((n + n * (n - 1) // 2,), data.dtype), max_iter, tol)
-    return ising.from_flat(theta, n)
+    theta, iters = _lbfgs(objective, jnp.zeros((n + n * (n - 1) // 2,), data.dtype), max_iter, tol)
+    return ising.from_flat(theta, n), iters, jnp.max(jnp.abs(jax.grad(objective)(theta)))
 
 
-def mpf(data, l2: float = 0.0, *, max_iter: int = 500, tol: float = 1e-6, batch_size: int | None = None) -> IsingParams:
-    """Minimum probability flow (:func:`mpf_objective`), fitted with optax L-BFGS."""
+def mpf(data, l2: float = 0.0, *, max_iter: int = 500, tol: float = 1e-6, batch_size: int | None = None,
+        graph=None):
+    """Minimum probability flow (:func:`mpf_objective`), fitted with optax L-BFGS.
+
+    Arguments, validation, the ConvergenceWarning and compile-once as in
+    :func:`pseudolikelihood`.
+
+    With ``graph`` the couplings live on its edges only (neighbour gathers, O(n * degree) per
+    sample) and the result is a :class:`jaxebm.ising.GraphIsingParams`, as in
+    :func:`pseudolikelihood`.
+    """
+    l2, max_iter, tol, batch_size = _fit_options(l2, max_iter, tol, batch_size)
+    if graph is not None:
+        data = _check_graph_data(data, graph, l2, "mpf")
+        return _fit_on_graph(data, l2, tol, graph, "mpf", True, batch_size, max_iter)
     data = _check_data(data, l2, "mpf")
-    return _fit_mpf(data, l2, tol, batch_size, max_iter)
+    return _warn_unconverged("mpf", *_fit_mpf(data, l2, tol, batch_size, max_iter), max_iter, tol)
 
 
 # --------------------------------------------------------------------------------------
@@ -275,18 +508,43 @@ def exact_ml(data, l2: float = 0.0, *, tol: float = 1e-6, max_iter: int = 50, in
     below ``tol``. ``l2`` adds :math:`\tfrac{l2}{2}\lVert J\rVert^2` (then the stopping test is
     on the gradient of the penalised nll).
 
+    The Newton step and the line-search trial are module-level jitted functions of
+    ``(theta, moments, l2)`` (``cg_iters`` static), so further calls with new data of the
+    same shape compile nothing. Eager only (the loop is in Python).
+
+    Args:
+      data: ``(num_samples, n)`` +-1 spins (integer data accepted).
+      l2: finite, >= 0.
+      tol: finite, >= 0.
+      max_iter, cg_iters: positive integers.
+      init: optional ``IsingParams`` on ``n`` spins to start from.
+
     Returns:
-      ``IsingParams``; warns if ``max_iter`` steps did not reach ``tol``.
+      ``IsingParams``; a :class:`~jaxebm._validation.ConvergenceWarning` if ``max_iter``
+      steps did not reach ``tol``.
     """
+    l2 = regulariser("l2", l2)
+    tol = finite_scalar("tol", tol, minimum=0.0)
+    max_iter = count("max_iter", max_iter)
+    cg_iters = count("cg_iters", cg_iters)
     data = _check_data(data, l2, "exact_ml")
     n = data.shape[1]
-    mean, corr = ising.data_moments(data)
-    theta = ising.to_flat(init) if init is not None else jnp.zeros((n + n * (n - 1) // 2,), data.dtype)
-    step_fn = jax.jit(lambda t: _newton_direction(t, mean, corr, n, l2, cg_iters))
-    loss_fn = jax.jit(lambda t: _penalised_nll(t, mean, corr, n, l2))
+    if init is not None:
+        if not isinstance(init, IsingParams):
+            raise ValueError(f"init must be an IsingParams(h, J) or None; got {type(init).__name__}.")
+        h0, J0 = array("init.h", init.h, dtype=data.dtype), array("init.J", init.J, dtype=data.dtype)
+        check_shape("init.h", h0, (n,), "one field per spin of data")
+        check_shape("init.J", J0, (n, n))
+        check_finite("init.h", h0)
+        check_finite("init.J", J0)
+        check_symmetric_zero_diagonal("init.J", J0)
+        theta = ising.to_flat(IsingParams(h0, J0))
+    else:
+        theta = jnp.zeros((n + n * (n - 1) // 2,), data.dtype)
+    mean, corr = _jit_moments(data)
     residual = np.inf
     for it in range(max_iter):
-        value, residual, direction = step_fn(theta)
+        value, residual, direction = _newton_step(theta, mean, corr, l2, cg_iters)
         residual = float(residual)
         if verbose:
             print(f"  exact_ml {it}: nll {float(value):.10f} residual {residual:.2e}")
@@ -294,15 +552,30 @@ def exact_ml(data, l2: float = 0.0, *, tol: float = 1e-6, max_iter: int = 50, in
             break
         t = 1.0
         while t > 1e-6:
-            candidate = theta - t * direction
-            if float(loss_fn(candidate)) <= float(value):
+            candidate, loss = _line_trial(theta, direction, t, mean, corr, l2)
+            if float(loss) <= float(value):
                 break
             t *= 0.5
         theta = candidate
     else:
-        warnings.warn(f"exact_ml stopped after max_iter={max_iter} Newton steps with moment residual {residual:.2e} "
-                      f"(tol {tol:g}).", stacklevel=2)
+        warnings.warn(f"exact_ml stopped after max_iter={max_iter} Newton steps without meeting tol: the moment "
+                      f"residual is {residual:.2e} (tol {tol:g}). Increase max_iter or tol.", ConvergenceWarning,
+                      stacklevel=2)
     return ising.from_flat(theta, n)
+
+
+_jit_moments = jax.jit(_data_moments)
+
+
+@functools.partial(jax.jit, static_argnums=(4,))
+def _newton_step(theta, mean, corr, l2, cg_iters):
+    return _newton_direction(theta, mean, corr, mean.shape[0], l2, cg_iters)
+
+
+@jax.jit
+def _line_trial(theta, direction, t, mean, corr, l2):
+    candidate = theta - t * direction
+    return candidate, _penalised_nll(candidate, mean, corr, mean.shape[0], l2)
 
 
 def _penalised_nll(theta, mean, corr, n, l2):

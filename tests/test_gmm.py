@@ -1,5 +1,6 @@
 """EM for Gaussian mixtures: scikit-learn parity, monotonicity, ELBO identity, bad inputs."""
 
+import contextlib
 import warnings
 
 import chex
@@ -245,7 +246,7 @@ def test_bad_inputs():
         gmm.fit(jax.random.key(0), X[:, 0], 2)
     with pytest.raises(ValueError, match="tol must be"):
         gmm.fit(jax.random.key(0), X, 2, tol=-1.0)
-    with pytest.raises(ValueError, match="max_iter must be a positive integer"):
+    with pytest.raises(ValueError, match="max_iter must be an integer >= 1"):
         gmm.fit(jax.random.key(0), X, 2, max_iter=0)
     with pytest.raises(ValueError, match="covariance_type must be"):
         gmm.fit(jax.random.key(0), X, 2, covariance_type="banded")
@@ -254,7 +255,7 @@ def test_bad_inputs():
     bad = gmm.GMMParams(jnp.array([0.5, 0.5]), jnp.zeros((2, 2)), jnp.ones((2, 2)), "full")
     with pytest.raises(ValueError, match=r"init.covs must have shape \(2, 2, 2\)"):
         gmm.fit(jax.random.key(0), X, 2, init=bad)
-    with pytest.raises(ValueError, match="weights must be non-negative and sum to 1"):
+    with pytest.raises(ValueError, match="params.weights must sum to 1"):
         gmm.log_prob(gmm.GMMParams(jnp.array([0.5, 0.6]), jnp.zeros((2, 2)), jnp.ones((2, 2)), "diag"), X)
     with pytest.raises(ValueError, match="positive definite"):
         gmm.log_prob(gmm.GMMParams(jnp.array([0.5, 0.5]), jnp.zeros((2, 2)), jnp.array([1.0, -1.0]), "spherical"), X)
@@ -262,3 +263,232 @@ def test_bad_inputs():
         gmm.fit(jax.random.key(0), X, 2, sample_weight=np.ones(3))
     with pytest.raises(ValueError, match="n_init must be 1 when init is a GMMParams"):
         gmm.fit(jax.random.key(0), X, 2, n_init=2, init=gmm.initialize(jax.random.key(0), jnp.asarray(X), 2))
+
+
+# ----------------------------------------------------------------------------- issue #12
+
+
+@contextlib.contextmanager
+def _count_compiles():
+    """Counts XLA compilations (backend compile events) inside the block."""
+    counter = [0]
+
+    def listener(name, duration, **kwargs):
+        if name == "/jax/core/compile/backend_compile_duration":
+            counter[0] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield counter
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def _toy(covariance_type="full", shift=0.0):
+    covs = {"full": np.stack([np.eye(2), [[0.5, 0.1], [0.1, 0.4]]]), "tied": np.array([[1.0, 0.2], [0.2, 0.5]]),
+            "diag": np.array([[1.0, 0.5], [0.3, 0.7]]), "spherical": np.array([1.0, 0.5])}[covariance_type]
+    return gmm.GMMParams(jnp.asarray([0.4 + shift, 0.6 - shift], jnp.float32),
+                         jnp.asarray([[-1.0 + shift, 0.0], [1.0, 0.5]], jnp.float32),
+                         jnp.asarray(covs + shift, jnp.float32), covariance_type)
+
+
+def _toy_x(seed=0, n=40):
+    return np.random.default_rng(seed).normal(size=(n, 2)).astype(np.float32)
+
+
+_PUBLIC = {  # public entry points of (params, x)
+    "log_prob": gmm.log_prob,
+    "log_prob_components": gmm.log_prob_components,
+    "responsibilities": gmm.responsibilities,
+    "predict": gmm.predict,
+    "predict_proba": gmm.predict_proba,
+    "e_step": gmm.e_step,
+    "em_step": gmm.em_step,
+    "em": lambda p, x: gmm.em(p, x, max_iter=3),
+    "q_function": lambda p, x: gmm.q_function(p, _toy(), x),
+    "elbo": lambda p, x: gmm.elbo(p, np.full((np.shape(x)[0], 2), 0.5, np.float32), x),
+    "bic": gmm.bic,
+    "aic": gmm.aic,
+}
+
+
+@pytest.mark.parametrize("name", list(_PUBLIC) + ["sample", "n_parameters", "validate_params"])
+def test_params_of_wrong_type_or_shape_raise_naming_params(name):
+    fn = {"sample": lambda p, x: gmm.sample(jax.random.key(0), p, 5), "n_parameters": lambda p, x: gmm.n_parameters(p),
+          "validate_params": lambda p, x: gmm.validate_params(p)}.get(name, _PUBLIC.get(name))
+    p, x = _toy(), _toy_x()
+    with pytest.raises(ValueError, match="params must be a GMMParams"):
+        fn((p.weights, p.means, p.covs), x)
+    with pytest.raises(ValueError, match=r"params.covs must have shape \(2, 2, 2\)"):
+        fn(p._replace(covs=p.covs[:, :, :1]), x)
+    with pytest.raises(ValueError, match=r"params.weights must have shape \(2,\)"):
+        fn(p._replace(weights=jnp.ones(3) / 3), x)
+    with pytest.raises(ValueError, match="params.covariance_type must be one of"):
+        fn(gmm.GMMParams(p.weights, p.means, p.covs, "banded"), x)
+
+
+@pytest.mark.parametrize("name", _PUBLIC)
+def test_params_with_bad_values_raise(name):
+    fn, p, x = _PUBLIC[name], _toy(), _toy_x()
+    with pytest.raises(ValueError, match="params.means contains 1 NaN"):
+        fn(p._replace(means=p.means.at[0, 1].set(jnp.nan)), x)
+    with pytest.raises(ValueError, match="params.weights must sum to 1"):
+        fn(p._replace(weights=p.weights * 2), x)
+    with pytest.raises(ValueError, match="params.weights must be a probability distribution; it has negative"):
+        fn(p._replace(weights=jnp.asarray([-0.2, 1.2])), x)
+    with pytest.raises(ValueError, match="params.covs must be positive definite"):
+        fn(p._replace(covs=p.covs.at[1].set(-jnp.eye(2))), x)
+    with pytest.raises(ValueError, match="params.covs must be symmetric"):
+        fn(p._replace(covs=p.covs.at[0, 0, 1].set(0.7)), x)
+
+
+@pytest.mark.parametrize("name", _PUBLIC)
+def test_data_that_is_not_finite_or_not_a_matrix_raises_naming_x(name):
+    fn, p, x = _PUBLIC[name], _toy(), _toy_x()
+    for bad in (np.nan, np.inf):
+        with pytest.raises(ValueError, match="x contains 1 NaN or infinite"):
+            fn(p, np.where(np.arange(80).reshape(40, 2) == 7, bad, x))  # never a silent NaN or a label
+    with pytest.raises(ValueError, match="x must be a data matrix"):
+        fn(p, x[0])
+    with pytest.raises(ValueError, match="x must have 2 features"):
+        fn(p, x[:, :1])
+    with pytest.raises(ValueError, match="x must not be empty"):
+        fn(p, x[:0])
+    with pytest.raises(ValueError, match="x must be a numeric array"):
+        fn(p, x.astype(str))
+
+
+def test_lists_numpy_and_integer_data_give_the_same_answer():
+    p, x = _toy(), np.round(_toy_x() * 3)
+    want = np.asarray(gmm.log_prob(p, x))
+    np.testing.assert_array_equal(gmm.log_prob(p, x.tolist()), want)
+    np.testing.assert_array_equal(gmm.log_prob(p, x.astype(np.int32)), want)
+    listy = gmm.GMMParams(np.asarray(p.weights).tolist(), np.asarray(p.means), np.asarray(p.covs).tolist())
+    np.testing.assert_array_equal(gmm.log_prob(listy, x), want)
+
+
+def test_float32_data_whose_squares_overflow_names_the_data_not_reg_covar():
+    x = (_toy_x() * 1e19).astype(np.float32)
+    for fn in (lambda: gmm.fit(jax.random.key(0), x, 2), lambda: gmm.log_prob(_toy(), x),
+               lambda: gmm.initialize(jax.random.key(0), x, 2)):
+        with pytest.raises(ValueError, match="x is too large for float32.*Rescale the data.*float64") as err:
+            fn()
+        assert "reg_covar" not in str(err.value)
+    # a large but safe scale still fits (the check is not a blanket refusal)
+    params, _ = gmm.fit(jax.random.key(0), (_toy_x() * 1e15).astype(np.float32), 2, max_iter=200)
+    assert np.all(np.isfinite(np.asarray(params.covs)))
+
+
+def test_fewer_samples_than_components_raises():
+    p, x = _toy(), _toy_x()[:1]
+    for fn in (lambda: gmm.em_step(p, x), lambda: gmm.em(p, x), lambda: gmm.fit(jax.random.key(0), x, 2),
+               lambda: gmm.initialize(jax.random.key(0), x, 2)):
+        with pytest.raises(ValueError, match="n_samples = 1 must be at least n_components = 2"):
+            fn()
+    assert gmm.log_prob(p, x).shape == (1,)  # evaluating a density at one point is fine
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "3", np.nan])
+def test_counts_are_positive_integers_never_truncated(bad):
+    p, x, key = _toy(), _toy_x(), jax.random.key(0)
+    for name, fn in [("n", lambda v: gmm.sample(key, p, v)),
+                     ("n_components", lambda v: gmm.fit(key, x, v)),
+                     ("n_components", lambda v: gmm.initialize(key, x, v)),
+                     ("max_iter", lambda v: gmm.fit(key, x, 2, max_iter=v)),
+                     ("max_iter", lambda v: gmm.em(p, x, max_iter=v)),
+                     ("n_init", lambda v: gmm.fit(key, x, 2, n_init=v))]:
+        with pytest.raises(ValueError, match=f"{name} must be (an|a Python) integer >= 1"):
+            fn(bad)
+    assert gmm.sample(key, p, np.int64(3))[0].shape == (3, 2)  # NumPy integers are counts
+    assert gmm.sample(key, p, 3.0)[0].shape == (3, 2)  # so are integer-valued floats
+
+
+@pytest.mark.parametrize("bad", [-1e-3, np.nan, np.inf])
+def test_reg_covar_and_tol_must_be_finite_and_non_negative(bad):
+    p, x, key = _toy(), _toy_x(), jax.random.key(0)
+    stats, _ = gmm.e_step(p, x)
+    for fn in (lambda v: gmm.fit(key, x, 2, reg_covar=v), lambda v: gmm.em_step(p, x, reg_covar=v),
+               lambda v: gmm.em(p, x, reg_covar=v), lambda v: gmm.m_step(stats, x, reg_covar=v),
+               lambda v: gmm.initialize(key, x, 2, reg_covar=v)):
+        with pytest.raises(ValueError, match="reg_covar must be"):
+            fn(bad)
+    for fn in (lambda v: gmm.fit(key, x, 2, tol=v), lambda v: gmm.em(p, x, tol=v)):
+        with pytest.raises(ValueError, match="tol must be"):
+            fn(bad)
+
+
+def test_sample_weight_must_be_finite_non_negative_with_positive_sum():
+    p, x, key = _toy(), _toy_x(), jax.random.key(0)
+    fns = [lambda w: gmm.fit(key, x, 2, sample_weight=w), lambda w: gmm.e_step(p, x, sample_weight=w),
+           lambda w: gmm.em_step(p, x, sample_weight=w), lambda w: gmm.em(p, x, sample_weight=w),
+           lambda w: gmm.initialize(key, x, 2, sample_weight=w)]
+    ones = np.ones(40, np.float32)
+    cases = [(np.where(np.arange(40) == 3, -1.0, ones), "sample_weight must be non-negative"),
+             (np.zeros(40), "sample_weight must have a positive sum"),
+             (np.where(np.arange(40) == 3, np.nan, ones), "sample_weight contains 1 NaN"),
+             (ones[:39], r"sample_weight must have shape \(40,\)"),
+             (ones[None], r"sample_weight must have shape \(40,\)")]
+    for fn in fns:
+        for w, match in cases:
+            with pytest.raises(ValueError, match=match):
+                fn(w)
+
+
+def test_choices_stats_and_resp_are_checked():
+    p, x, key = _toy(), _toy_x(), jax.random.key(0)
+    for fn in (lambda: gmm.fit(key, x, 2, covariance_type="banded"),
+               lambda: gmm.initialize(key, x, 2, covariance_type="banded"),
+               lambda: gmm.m_step(gmm.e_step(p, x)[0], x, "banded")):
+        with pytest.raises(ValueError, match="covariance_type must be one of"):
+            fn()
+    with pytest.raises(ValueError, match="init must be one of"):
+        gmm.initialize(key, x, 2, init="kmeans")
+    stats, _ = gmm.e_step(p, x)
+    with pytest.raises(ValueError, match="stats must be an EStepStats"):
+        gmm.m_step(tuple(stats), x)
+    with pytest.raises(ValueError, match=r"stats.sum_zz must have shape \(2, 2\)"):
+        gmm.m_step(stats, x, "diag")
+    with pytest.raises(ValueError, match="stats.sum_z contains"):
+        gmm.m_step(stats._replace(sum_z=stats.sum_z.at[0, 0].set(jnp.nan)), x)
+    with pytest.raises(ValueError, match="resp must sum to 1"):
+        gmm.elbo(p, np.ones((40, 2)), x)
+    with pytest.raises(ValueError, match=r"resp must have shape \(40, 2\)"):
+        gmm.elbo(p, np.full((40, 3), 1 / 3), x)
+    with pytest.raises(ValueError, match="params_old must have 2 components"):
+        gmm.q_function(p, gmm.GMMParams(jnp.ones(3) / 3, jnp.zeros((3, 2)), jnp.ones(3), "spherical"), x)
+
+
+def test_covariance_singular_in_float32_is_refused_not_nan():
+    p, x = _toy(), _toy_x()
+    singular = np.array([[1.0, 1.0], [1.0, 1.0 + 1e-8]], np.float32)  # PD in exact arithmetic, not in float32
+    with pytest.raises(ValueError, match="params.covs must be positive definite|params.covs is singular"):
+        gmm.log_prob(p._replace(covs=p.covs.at[0].set(singular)), x)
+    ok = np.array([[1.0, 1.0], [1.0, 1.0 + 1e-5]], np.float32)  # ill-conditioned but factorable: answered
+    assert np.all(np.isfinite(np.asarray(gmm.log_prob(p._replace(covs=p.covs.at[0].set(ok)), x))))
+
+
+@pytest.mark.parametrize("covariance_type", gmm.COVARIANCE_TYPES)
+def test_eager_public_functions_compile_once(covariance_type):
+    stats, _ = gmm.e_step(_toy(covariance_type), _toy_x(0))
+    resp = np.full((40, 2), 0.5, np.float32)
+    calls = {
+        **{name: _PUBLIC[name] for name in ("log_prob", "log_prob_components", "responsibilities", "predict",
+                                            "e_step", "em_step", "bic", "aic")},
+        "em": lambda p, x: gmm.em(p, x, max_iter=4, tol=0.0),
+        "m_step": lambda p, x: gmm.m_step(stats, x, covariance_type),
+        "q_function": lambda p, x: gmm.q_function(p, p, x),
+        "elbo": lambda p, x: gmm.elbo(p, resp, x),
+        "sample": lambda p, x: gmm.sample(jax.random.key(int(x[0, 0] * 1e3) % 7), p, 9),
+        "initialize": lambda p, x: gmm.initialize(jax.random.key(1), x, 2, covariance_type),
+    }
+    if covariance_type != "full":  # the covariance type only changes the traced body: a few suffice
+        calls = {name: calls[name] for name in ("log_prob", "em_step", "m_step")}
+    for name, fn in calls.items():
+        jax.block_until_ready(fn(_toy(covariance_type), _toy_x(0)))  # first call compiles
+        with _count_compiles() as compiles:
+            jax.block_until_ready(fn(_toy(covariance_type, shift=0.05), _toy_x(1)))  # new values, same shapes
+        assert compiles[0] == 0, f"{name} recompiled {compiles[0]} time(s) for new values of the same shapes"
+    # the counter does count: a new shape compiles
+    with _count_compiles() as compiles:
+        gmm.log_prob(_toy(covariance_type), _toy_x(0, n=41))
+    assert compiles[0] >= 1

@@ -1,5 +1,6 @@
 """Learning without MCMC (ch. 7): closed forms, recovery, objectives, degenerate data."""
 
+import contextlib
 import warnings
 
 import jax
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxebm import inverse, ising
+from jaxebm._validation import ConvergenceWarning
 from tests import reference
 
 
@@ -80,15 +82,49 @@ def test_exact_ml_reaches_moment_residual_1e_6(sk8):
     assert _rmse(params, truth) < 0.03
 
 
+def _independent_pl(theta, data, symmetric, l2):
+    """Negative log pseudo-likelihood from its definition, spin by spin:
+    -log p(x_k | x_-k) = log(1 + exp(-2 x_k f_k)), with f_k from row k of the couplings."""
+    n = data.shape[1]
+    if symmetric:
+        params = ising.from_flat(theta, n)
+        h, W = params.h, params.J
+    else:
+        h, W = theta[:n], theta[n:].reshape(n, n) * (1.0 - jnp.eye(n))
+    total = 0.0
+    for k in range(n):
+        f = h[k] + sum(W[k, l] * data[:, l] for l in range(n) if l != k)
+        total = total + jnp.mean(jnp.logaddexp(0.0, -2.0 * data[:, k] * f))
+    return total + 0.5 * l2 * jnp.sum(W * W)
+
+
+def _independent_mpf(theta, data, l2):
+    """MPF from its definition: sum over single-spin flips of exp((log w(x') - log w(x)) / 2)."""
+    params = ising.from_flat(theta, data.shape[1])
+    base = ising.log_weight(params, data)
+    total = 0.0
+    for k in range(data.shape[1]):
+        flipped = data.at[:, k].multiply(-1.0)
+        total = total + jnp.mean(jnp.exp(0.5 * (ising.log_weight(params, flipped) - base)))
+    return total + 0.5 * l2 * jnp.sum(params.J**2)
+
+
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_objective_gradients_match_finite_differences(x64, symmetric):
     rng = np.random.default_rng(0)
     data = jnp.asarray(reference.all_states(5)[rng.integers(0, 32, 300)])
     size = 5 + 10 if symmetric else 5 + 25
     theta = jnp.asarray(rng.normal(size=size) * 0.3)
-    for fn in (lambda t: inverse.pseudolikelihood_objective(t, data, symmetric=symmetric, l2=0.1),
-               lambda t: inverse.mpf_objective(t, data, l2=0.1) if symmetric else 0.0 * jnp.sum(t)):
+    pairs = [(lambda t: inverse.pseudolikelihood_objective(t, data, symmetric=symmetric, l2=0.1),
+              lambda t: _independent_pl(t, data, symmetric, 0.1))]
+    if symmetric:  # MPF has no per-spin (asymmetric) form
+        pairs.append((lambda t: inverse.mpf_objective(t, data, l2=0.1), lambda t: _independent_mpf(t, data, 0.1)))
+    for fn, independent in pairs:
         grad = np.asarray(jax.grad(fn)(theta))
+        assert np.abs(grad).max() > 1e-2  # a real gradient, not zero against zero
+        # autodiff of an objective written independently from its definition
+        np.testing.assert_allclose(float(fn(theta)), float(independent(theta)), rtol=1e-12)
+        np.testing.assert_allclose(grad, np.asarray(jax.grad(independent)(theta)), rtol=1e-10, atol=1e-12)
         eps = 1e-6
         fd = np.array([(float(fn(theta.at[i].add(eps))) - float(fn(theta.at[i].add(-eps)))) / (2 * eps)
                        for i in range(size)])
@@ -145,3 +181,163 @@ def test_vmap_over_datasets():
     mf = jax.vmap(lambda d: inverse.mean_field(d, ridge=0.0))(datas)
     assert mf.J.shape == (3, 6, 6)
     np.testing.assert_allclose(mf.J[1], inverse.mean_field(datas[1], ridge=0.0).J, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- issue #12
+
+
+@contextlib.contextmanager
+def _count_compiles():
+    """Counts XLA compilations (backend compile events) inside the block."""
+    counter = [0]
+
+    def listener(name, duration, **kwargs):
+        if name == "/jax/core/compile/backend_compile_duration":
+            counter[0] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield counter
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@pytest.fixture(scope="module")
+def small():
+    truth = ising.sherrington_kirkpatrick(jax.random.key(11), 5, beta=0.5, field_std=0.2)
+    return [np.asarray(ising.sample_exact(jax.random.key(12 + i), truth, 600)) for i in range(2)]
+
+
+_THETA = np.zeros(5 + 10, np.float32)
+_FITS = {
+    "pseudolikelihood": inverse.pseudolikelihood,
+    "pseudolikelihood_asym": lambda d, **kw: inverse.pseudolikelihood(d, symmetric=False, **kw),
+    "mpf": inverse.mpf,
+    "exact_ml": inverse.exact_ml,
+}
+_ALL = {
+    **_FITS,
+    "mean_field": inverse.mean_field,
+    "tap": inverse.tap,
+    "pseudolikelihood_objective": lambda d, **kw: inverse.pseudolikelihood_objective(_THETA, d, **kw),
+    "mpf_objective": lambda d, **kw: inverse.mpf_objective(_THETA, d, **kw),
+}
+
+
+@pytest.mark.parametrize("name", _ALL)
+def test_data_must_be_finite_pm1_spins_in_a_matrix(name, small):
+    fn, data = _ALL[name], small[0]
+    for bad, match in [((data + 1) / 2, r"data must hold spins in \{-1, \+1\}.*2 \* x - 1"),
+                       (np.where(np.arange(data.size).reshape(data.shape) == 7, 0.5, data), "data must hold spins"),
+                       (np.where(np.arange(data.size).reshape(data.shape) == 7, np.nan, data), "data contains 1 NaN"),
+                       (data[0], r"data must be spins of shape \(batch, n\)"),
+                       (data[None], r"data must be spins of shape \(batch, n\)"),
+                       (data[:0], "data must not be empty"),
+                       (data.astype(str), "data must be a numeric array")]:
+        with pytest.raises(ValueError, match=match):
+            fn(bad)
+
+
+@pytest.mark.parametrize("name", ["mean_field", "tap", "pseudolikelihood", "mpf"])
+def test_integer_and_list_data_give_the_float_answer(name, small):
+    fn, data = _ALL[name], small[0]
+    want = fn(data)
+    for other in (data.astype(np.int8), data.tolist()):
+        got = fn(other)
+        np.testing.assert_array_equal(got.J, want.J)
+        np.testing.assert_array_equal(got.h, want.h)
+
+
+@pytest.mark.parametrize("bad", [-1.0, -1e-6, np.nan, np.inf])
+def test_regularisers_must_be_finite_and_non_negative(bad, small):
+    data = small[0]
+    for name in ("pseudolikelihood", "pseudolikelihood_asym", "mpf", "exact_ml", "pseudolikelihood_objective",
+                 "mpf_objective"):
+        with pytest.raises(ValueError, match="l2 must be"):
+            _ALL[name](data, l2=bad)
+    for fn in (inverse.mean_field, inverse.tap):
+        with pytest.raises(ValueError, match="ridge must be"):
+            fn(data, ridge=bad)
+
+
+def test_pseudolikelihood_with_negative_l2_is_refused_not_a_huge_answer(small):
+    # the issue's example: l2 = -1 made the objective unbounded and returned J ~ -2.6e5
+    with pytest.raises(ValueError, match=r"l2 must be >= 0"):
+        inverse.pseudolikelihood(small[0], l2=-1)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, True, np.nan, "10"])
+def test_counts_are_positive_integers(bad, small):
+    data = small[0]
+    for name in ("pseudolikelihood", "pseudolikelihood_asym", "mpf", "exact_ml"):
+        with pytest.raises(ValueError, match="max_iter must be (an|a Python) integer >= 1"):
+            _ALL[name](data, max_iter=bad)
+    for name in ("pseudolikelihood", "mpf", "pseudolikelihood_objective", "mpf_objective"):
+        with pytest.raises(ValueError, match="batch_size must be (an|a Python) integer >= 1"):
+            _ALL[name](data, batch_size=bad)
+    with pytest.raises(ValueError, match="cg_iters must be (an|a Python) integer >= 1"):
+        inverse.exact_ml(data, cg_iters=bad)
+
+
+@pytest.mark.parametrize("bad", [-1e-3, np.nan, np.inf])
+def test_tol_must_be_finite_and_non_negative(bad, small):
+    for name in _FITS:
+        with pytest.raises(ValueError, match="tol must be"):
+            _FITS[name](small[0], tol=bad)
+
+
+def test_other_arguments_are_checked(small):
+    data = small[0]
+    with pytest.raises(ValueError, match=r"theta must have shape \(15,\)"):
+        inverse.pseudolikelihood_objective(np.zeros(14), data)
+    with pytest.raises(ValueError, match=r"theta must have shape \(30,\)"):
+        inverse.pseudolikelihood_objective(np.zeros(15), data, symmetric=False)
+    with pytest.raises(ValueError, match="theta contains 1 NaN"):
+        inverse.mpf_objective(np.where(np.arange(15) == 2, np.nan, 0.0), data)
+    with pytest.raises(ValueError, match="symmetric must be True or False"):
+        inverse.pseudolikelihood(data, symmetric="no")
+    with pytest.raises(ValueError, match="init must be an IsingParams"):
+        inverse.exact_ml(data, init=(np.zeros(5), np.zeros((5, 5))))
+    with pytest.raises(ValueError, match=r"init.h must have shape \(5,\)"):
+        inverse.exact_ml(data, init=ising.IsingParams(jnp.zeros(4), jnp.zeros((4, 4))))
+    with pytest.raises(ValueError, match="init.J must be symmetric"):
+        inverse.exact_ml(data, init=ising.IsingParams(jnp.zeros(5), jnp.zeros((5, 5)).at[0, 1].set(1.0)))
+    # an explicit ridge that leaves a singular C singular is refused, not inverted into inf/NaN
+    duplicated = data.copy()
+    duplicated[:, 4] = duplicated[:, 1]
+    with pytest.raises(ValueError, match="ridge=0 does not regularise it"):
+        inverse.mean_field(duplicated, ridge=0.0)
+
+
+@pytest.mark.parametrize("name", ["pseudolikelihood", "pseudolikelihood_asym", "mpf"])
+def test_lbfgs_fits_warn_at_max_iter_with_the_gradient_norm(name, small):
+    fn = _FITS[name]
+    method = name.replace("_asym", "")
+    with pytest.warns(ConvergenceWarning, match=rf"{method} stopped after max_iter=2 L-BFGS steps.*gradient max-norm "
+                                                r"is \d\.\d\de[-+]\d\d"):
+        fn(small[0], max_iter=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # converged: no warning
+        fn(small[0])
+
+
+def test_exact_ml_warns_at_max_iter(small):
+    with pytest.warns(ConvergenceWarning, match=r"exact_ml stopped after max_iter=1 Newton steps.*moment residual"):
+        inverse.exact_ml(small[0], max_iter=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        inverse.exact_ml(small[0], tol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["pseudolikelihood", "pseudolikelihood_asym", "mpf", "exact_ml", "mean_field",
+                                  "tap"])
+def test_eager_fits_compile_once(name, small):
+    fn = _ALL[name]
+    first = fn(small[0])
+    with _count_compiles() as compiles:
+        second = fn(small[1])  # new data, same shape
+    assert compiles[0] == 0, f"{name} compiled {compiles[0]} program(s) on its second eager call"
+    assert not np.array_equal(np.asarray(first.J), np.asarray(second.J))  # really new values
+    with _count_compiles() as compiles:  # the counter counts: a new shape compiles
+        fn(small[1][:-1])
+    assert compiles[0] >= 1
