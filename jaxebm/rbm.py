@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -31,7 +32,18 @@ import optax
 from jax import lax
 
 from jaxebm import enumeration
-from jaxebm._validation import check_finite, check_ndim, check_spins
+from jaxebm._validation import (
+    ConvergenceWarning,
+    array,
+    check_finite,
+    check_ndim,
+    check_shape,
+    check_spins,
+    count,
+    finite_scalar,
+    is_concrete,
+    positive_scalar,
+)
 from jaxebm.types import Array, ArrayLike, PRNGKey
 
 HIGHEST = lax.Precision.HIGHEST
@@ -59,6 +71,8 @@ __all__ = [
     "sample_visible",
     "smoothness_bound",
     "to_binary",
+    "validate_data",
+    "validate_params",
     "visible_log_weight",
     "visible_mean",
 ]
@@ -83,32 +97,65 @@ class RBMParams(NamedTuple):
     c: Array
 
 
-def _validate(params: RBMParams) -> None:
+def validate_params(params: RBMParams, name: str = "params") -> RBMParams:
+    """Checks an :class:`RBMParams` and returns it with JAX arrays (NumPy arrays and lists are
+    accepted): the type, ``W`` of shape ``(n_visible, n_hidden)``, ``b`` ``(n_visible,)``,
+    ``c`` ``(n_hidden,)``, and (for concrete values) finite entries. Every public function
+    calls it; call it eagerly yourself before a ``jax.jit`` of your own, where values cannot
+    raise."""
     if not isinstance(params, RBMParams):
-        raise ValueError(f"params must be an RBMParams(W, b, c); got {type(params).__name__}.")
-    check_ndim("params.W", params.W, 2, "a coupling matrix of shape (n_visible, n_hidden)")
-    nv, nh = np.shape(params.W)
-    if np.shape(params.b) != (nv,):
-        raise ValueError(f"params.b must have shape ({nv},) to match W; got {np.shape(params.b)}.")
-    if np.shape(params.c) != (nh,):
-        raise ValueError(f"params.c must have shape ({nh},) to match W; got {np.shape(params.c)}.")
-    for name in ("W", "b", "c"):
-        check_finite(f"params.{name}", getattr(params, name))
+        raise ValueError(f"{name} must be an RBMParams(W, b, c); got {type(params).__name__}.")
+    W, b, c = (array(f"{name}.{k}", getattr(params, k), allow_empty=True) for k in ("W", "b", "c"))
+    check_ndim(f"{name}.W", W, 2, "a coupling matrix of shape (n_visible, n_hidden)")
+    nv, nh = np.shape(W)
+    if nv < 1 or nh < 1:
+        raise ValueError(f"{name}.W must have at least one visible and one hidden unit; got shape {np.shape(W)}.")
+    if np.shape(b) != (nv,):
+        raise ValueError(f"{name}.b must have shape ({nv},) to match W; got {np.shape(b)}.")
+    if np.shape(c) != (nh,):
+        raise ValueError(f"{name}.c must have shape ({nh},) to match W; got {np.shape(c)}.")
+    for key, value in (("W", W), ("b", b), ("c", c)):
+        check_finite(f"{name}.{key}", value)
+    return RBMParams(W, b, c)
 
 
-def _check_layer(name: str, x, size: int) -> Array:
-    check_ndim(name, x, (1, 2), f"spins of shape ({size},) or (batch, {size})")
-    if np.shape(x)[-1] != size:
-        raise ValueError(f"{name} must have {size} units in its last axis; got shape {np.shape(x)}.")
+_validate = validate_params
+
+
+def _check_layer(name: str, x, size: int, ndim: tuple[int, ...] | None = (1, 2)) -> Array:
+    """+-1 units of one layer: finite, exactly +-1 (when concrete), last axis ``size``; integer
+    or boolean input becomes float. ``ndim=None`` allows any batch rank."""
+    x = array(name, x)
+    if ndim is not None:
+        what = {(1, 2): f"spins of shape ({size},) or (batch, {size})",
+                (2,): f"a batch of spins of shape (batch, {size})", (1,): f"spins of shape ({size},)"}[tuple(ndim)]
+        check_ndim(name, x, ndim, what)
+    elif x.ndim < 1:
+        raise ValueError(f"{name} must be spins of shape (..., {size}); got a scalar.")
+    if x.shape[-1] != size:
+        raise ValueError(f"{name} must have {size} units in its last axis; got shape {x.shape}.")
     check_finite(name, x)
-    check_spins(name, x)
-    return jnp.asarray(x)
+    try:
+        check_spins(name, x)
+    except ValueError as err:
+        if "2 * x - 1" not in str(err):
+            raise
+        raise ValueError(f"{err} For the parameters of a {{0, 1}}-unit RBM (e.g. scikit-learn's BernoulliRBM), "
+                         "use rbm.from_binary.") from None
+    return x
+
+
+def validate_data(params: RBMParams, data: ArrayLike, name: str = "data") -> Array:
+    """Checks a ``(num_samples, n_visible)`` batch of +-1 visible configurations for ``params``
+    and returns it as a float array (integer +-1 data is accepted)."""
+    params = validate_params(params)
+    return _check_layer(name, data, np.shape(params.W)[0], ndim=(2,))
 
 
 def init(key: PRNGKey, n_visible: int, n_hidden: int, scale: float = 0.01, dtype=jnp.float32) -> RBMParams:
     """Small random couplings ``W ~ N(0, scale^2)`` and zero fields."""
-    if n_visible < 1 or n_hidden < 1:
-        raise ValueError(f"n_visible and n_hidden must be positive; got {n_visible}, {n_hidden}.")
+    n_visible, n_hidden = count("n_visible", n_visible), count("n_hidden", n_hidden)
+    scale = finite_scalar("scale", scale, minimum=0.0)
     W = scale * jax.random.normal(key, (n_visible, n_hidden), dtype)
     return RBMParams(W, jnp.zeros((n_visible,), dtype), jnp.zeros((n_hidden,), dtype))
 
@@ -128,34 +175,46 @@ def _sum_log2cosh(a: Array) -> Array:
 def energy(params: RBMParams, x: ArrayLike, z: ArrayLike) -> Array:
     r"""Energy :math:`E(x,z) = -x^\top W z - b^\top x - c^\top z` (Eq. (4.78)); broadcasts over
     leading batch axes."""
-    Wz = jnp.matmul(jnp.asarray(z), params.W.T, precision=HIGHEST)
-    return -(jnp.sum(jnp.asarray(x) * Wz, -1) + jnp.matmul(x, params.b, precision=HIGHEST)
+    params = _validate(params)
+    x = _check_layer("x", x, params.W.shape[0], ndim=None)
+    z = _check_layer("z", z, params.W.shape[1], ndim=None)
+    Wz = jnp.matmul(z, params.W.T, precision=HIGHEST)
+    return -(jnp.sum(x * Wz, -1) + jnp.matmul(x, params.b, precision=HIGHEST)
              + jnp.matmul(z, params.c, precision=HIGHEST))
 
 
 def visible_log_weight(params: RBMParams, x: ArrayLike) -> Array:
     r"""Unnormalised log marginal :math:`b^\top x + \sum_l \log 2\cosh(v_l^\top x + c_l)`, with
     :math:`v_l` the l-th column of W (Eq. (4.82); erratum: the notes say row)."""
-    x = jnp.asarray(x)
+    params = _validate(params)
+    return _visible_log_weight(params, _check_layer("x", x, params.W.shape[0], ndim=None))
+
+
+def _visible_log_weight(params: RBMParams, x: Array) -> Array:
     a = jnp.matmul(x, params.W, precision=HIGHEST) + params.c
     return jnp.matmul(x, params.b, precision=HIGHEST) + jnp.sum(log2cosh(a), axis=-1)
 
 
 def hidden_log_weight(params: RBMParams, z: ArrayLike) -> Array:
     r"""Unnormalised log marginal :math:`c^\top z + \sum_k \log 2\cosh((Wz)_k + b_k)` (Eq. (4.81))."""
-    z = jnp.asarray(z)
+    params = _validate(params)
+    z = _check_layer("z", z, params.W.shape[1], ndim=None)
     a = jnp.matmul(z, params.W.T, precision=HIGHEST) + params.b
     return jnp.matmul(z, params.c, precision=HIGHEST) + jnp.sum(log2cosh(a), axis=-1)
 
 
 def hidden_mean(params: RBMParams, x: ArrayLike, precision=HIGHEST) -> Array:
     r""":math:`\langle z \mid x\rangle = \tanh(W^\top x + c)` (Eq. (4.84)-(4.85))."""
-    return jnp.tanh(jnp.matmul(jnp.asarray(x), params.W, precision=precision) + params.c)
+    params = _validate(params)
+    x = _check_layer("x", x, params.W.shape[0], ndim=None)
+    return jnp.tanh(jnp.matmul(x, params.W, precision=precision) + params.c)
 
 
 def visible_mean(params: RBMParams, z: ArrayLike, precision=HIGHEST) -> Array:
     r""":math:`\langle x \mid z\rangle = \tanh(W z + b)` (Eq. (4.83))."""
-    return jnp.tanh(jnp.matmul(jnp.asarray(z), params.W.T, precision=precision) + params.b)
+    params = _validate(params)
+    z = _check_layer("z", z, params.W.shape[1], ndim=None)
+    return jnp.tanh(jnp.matmul(z, params.W.T, precision=precision) + params.b)
 
 
 def _sample_spins(key, field):
@@ -167,12 +226,16 @@ def _sample_spins(key, field):
 def sample_hidden(key: PRNGKey, params: RBMParams, x: ArrayLike, precision=HIGHEST) -> Array:
     r"""Draws :math:`z \sim p(z \mid x)`, independent units with :math:`P(z_l=+1) =
     \sigma(2(W^\top x + c)_l)` (Eq. (4.84))."""
-    return _sample_spins(key, jnp.matmul(jnp.asarray(x), params.W, precision=precision) + params.c)
+    params = _validate(params)
+    x = _check_layer("x", x, params.W.shape[0])
+    return _sample_spins(key, jnp.matmul(x, params.W, precision=precision) + params.c)
 
 
 def sample_visible(key: PRNGKey, params: RBMParams, z: ArrayLike, precision=HIGHEST) -> Array:
     r"""Draws :math:`x \sim p(x \mid z)`, :math:`P(x_k=+1) = \sigma(2(Wz + b)_k)` (Eq. (4.83))."""
-    return _sample_spins(key, jnp.matmul(jnp.asarray(z), params.W.T, precision=precision) + params.b)
+    params = _validate(params)
+    z = _check_layer("z", z, params.W.shape[1])
+    return _sample_spins(key, jnp.matmul(z, params.W.T, precision=precision) + params.b)
 
 
 def gibbs_step(key: PRNGKey, params: RBMParams, x: ArrayLike, precision=HIGHEST) -> tuple[Array, Array]:
@@ -181,9 +244,16 @@ def gibbs_step(key: PRNGKey, params: RBMParams, x: ArrayLike, precision=HIGHEST)
     ``precision`` is the matmul precision (``HIGHEST`` by default; on GPU,
     ``lax.Precision.DEFAULT`` uses TF32 and is faster, at ~1e-3 relative error in the fields).
     """
+    params = _validate(params)
+    x = _check_layer("x", x, params.W.shape[0])
+    return _gibbs_step(key, params, x, precision)
+
+
+def _gibbs_step(key, params, x, precision=HIGHEST):
+    """:func:`gibbs_step` without validation (inner loops)."""
     key_z, key_x = jax.random.split(key)
-    z = sample_hidden(key_z, params, x, precision)
-    return sample_visible(key_x, params, z, precision), z
+    z = _sample_spins(key_z, jnp.matmul(x, params.W, precision=precision) + params.c)
+    return _sample_spins(key_x, jnp.matmul(z, params.W.T, precision=precision) + params.b), z
 
 
 # --------------------------------------------------------------------------------------
@@ -347,46 +417,78 @@ def log_partition(params: RBMParams, *, max_seconds: float | None = None, engine
     ``engine``: ``"auto"`` (default), ``"xla"`` or ``"pallas"`` (the fused kernel
     :func:`jaxebm.kernels.rbm_rows`; interpreted, hence slow, off GPU). The gradient always
     comes from the XLA moments pass.
+
+    Compiled once per shape, dtype and plan: eager calls with new values reuse the program.
     """
+    params, plan, engine = _exact_setup(params, max_seconds, engine)
+    return _log_z_jit(params, plan, engine)
+
+
+def _exact_setup(params, max_seconds, engine="xla"):
+    """Validated params and the static (plan, engine) that key the compiled exact passes."""
     from jaxebm import kernels
 
-    _validate(params)
+    params = _validate(params)
     nv, nh = np.shape(params.W)
     _check_enumerable(nv, nh, max_seconds)
     engine = kernels.resolve(engine)
-    return _log_z(params, _plan(nv, nh, engine), engine)
+    return params, _plan(nv, nh, engine), engine
+
+
+# Module-level jitted work, keyed on the static (plan, engine): an eager call with new values of
+# the same shapes compiles nothing (a closure built per call would defeat the cache).
+_log_z_jit = jax.jit(_log_z, static_argnums=(1, 2))
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _moments_jit(params: RBMParams, plan: _Plan):
+    _, accs, inner_states = _fold(params, plan, with_moments=True)
+    return _assemble(plan, accs, inner_states)
+
+
+def _nll(params: RBMParams, data: Array, plan: _Plan, engine: str) -> Array:
+    return _log_z(params, plan, engine) - jnp.mean(_visible_log_weight(params, data.astype(params.W.dtype)))
+
+
+_nll_jit = jax.jit(_nll, static_argnums=(2, 3))
+_exact_grad_jit = jax.jit(jax.grad(_nll), static_argnums=(2, 3))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _log_prob_jit(params: RBMParams, x: Array, plan: _Plan, engine: str) -> Array:
+    return _visible_log_weight(params, x) - _log_z(params, plan, engine)
 
 
 def moments(params: RBMParams, *, max_seconds: float | None = None) -> tuple[Array, Array, Array]:
     r"""Exact model moments :math:`(\langle x\rangle, \langle z\rangle, \langle x z^\top\rangle)`,
     the negative phase of Eq. (4.87)."""
-    _validate(params)
-    nv, nh = np.shape(params.W)
-    _check_enumerable(nv, nh, max_seconds)
-    plan = _plan(nv, nh)
-    _, accs, inner_states = _fold(params, plan, with_moments=True)
-    return _assemble(plan, accs, inner_states)
+    params, plan, _ = _exact_setup(params, max_seconds, "xla")
+    return _moments_jit(params, plan)
 
 
-def log_prob(params: RBMParams, x: ArrayLike, **kw) -> Array:
+def log_prob(params: RBMParams, x: ArrayLike, *, max_seconds: float | None = None, engine: str | None = None
+             ) -> Array:
     r"""Exact :math:`\log p(x) = \log\tilde p(x) - \log Z` (Eq. (4.82))."""
-    _validate(params)
+    params, plan, engine = _exact_setup(params, max_seconds, engine)
     x = _check_layer("x", x, np.shape(params.W)[0])
-    return visible_log_weight(params, x) - log_partition(params, **kw)
+    return _log_prob_jit(params, x, plan, engine)
 
 
-def nll(params: RBMParams, data: ArrayLike, **kw) -> Array:
+def nll(params: RBMParams, data: ArrayLike, *, max_seconds: float | None = None, engine: str | None = None
+        ) -> Array:
     r"""Exact mean negative log-likelihood, :math:`D_{KL}(p_0\|p) - H(p_0)` (Eq. (4.86)-(4.87);
     erratum (4.86): no minus sign in the empirical distribution)."""
-    _validate(params)
-    check_ndim("data", data, 2, "a batch of visible configurations (num_samples, n_visible)")
-    data = _check_layer("data", data, np.shape(params.W)[0])
-    return log_partition(params, **kw) - jnp.mean(visible_log_weight(params, data.astype(params.W.dtype)))
+    params, plan, engine = _exact_setup(params, max_seconds, engine)
+    data = _check_layer("data", data, np.shape(params.W)[0], ndim=(2,))
+    return _nll_jit(params, data, plan, engine)
 
 
-def exact_grad(params: RBMParams, data: ArrayLike, **kw) -> RBMParams:
+def exact_grad(params: RBMParams, data: ArrayLike, *, max_seconds: float | None = None, engine: str | None = None
+               ) -> RBMParams:
     r"""Exact gradient of :func:`nll`: model minus data moments (Eq. (4.87))."""
-    return jax.grad(nll)(params, data, **kw)
+    params, plan, engine = _exact_setup(params, max_seconds, engine)
+    data = _check_layer("data", data, np.shape(params.W)[0], ndim=(2,))
+    return _exact_grad_jit(params, data, plan, engine)
 
 
 # --------------------------------------------------------------------------------------
@@ -396,16 +498,41 @@ def exact_grad(params: RBMParams, data: ArrayLike, **kw) -> RBMParams:
 
 def _phase(params: RBMParams, x: Array) -> RBMParams:
     """Sufficient statistics with the hidden layer Rao-Blackwellised: (<x h^T>, <x>, <h>)."""
-    h = hidden_mean(params, x)
+    h = jnp.tanh(jnp.matmul(x, params.W, precision=HIGHEST) + params.c)
     return RBMParams(jnp.matmul(x.T, h, precision=HIGHEST) / x.shape[0], jnp.mean(x, 0), jnp.mean(h, 0))
 
 
 def _gibbs_chain(key, params, x, k):
     def body(x, key):
-        return gibbs_step(key, params, x)[0], None
+        return _gibbs_step(key, params, x)[0], None
 
     x, _ = lax.scan(body, x, jax.random.split(key, k))
     return x
+
+
+def _gibbs_steps(k) -> int:
+    try:
+        return count("k", k)
+    except ValueError:
+        raise ValueError(f"k must be a positive integer (Gibbs steps); got {k!r}.") from None
+
+
+def _as_chain_dtype(params: RBMParams, x: Array) -> Array:
+    # the Gibbs scan carries x at the dtype of its fields (x @ W + c)
+    return x.astype(jnp.result_type(x.dtype, params.W.dtype))
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _cd_grad_jit(key, params, data, k):
+    negative = _gibbs_chain(key, params, data, k)
+    return jax.tree_util.tree_map(lambda m, d: m - d, _phase(params, negative), _phase(params, data))
+
+
+@functools.partial(jax.jit, static_argnums=(4,))
+def _pcd_grad_jit(key, params, data, chains, k):
+    chains = _gibbs_chain(key, params, chains, k)
+    grads = jax.tree_util.tree_map(lambda m, d: m - d, _phase(params, chains), _phase(params, data))
+    return grads, chains
 
 
 def cd_grad(key: PRNGKey, params: RBMParams, data: ArrayLike, k: int = 1) -> RBMParams:
@@ -414,28 +541,31 @@ def cd_grad(key: PRNGKey, params: RBMParams, data: ArrayLike, k: int = 1) -> RBM
     .. math:: \nabla \approx \langle \phi\rangle_{k\text{ Gibbs steps from data}}
               - \langle\phi\rangle_{data}, \qquad \phi = (x z^\top, x, z)
 
-    with :math:`z` replaced by :math:`\tanh(W^\top x + c)` (Rao-Blackwellised).
+    with :math:`z` replaced by :math:`\tanh(W^\top x + c)` (Rao-Blackwellised). ``data`` is
+    ``(num_samples, n_visible)`` +-1 spins (convert {0, 1} data with ``2 * x - 1``); ``k`` a
+    positive count. Compiled once per shape and ``k``.
     """
-    if int(k) < 1:
-        raise ValueError(f"k must be a positive integer; got {k}.")
-    data = jnp.asarray(data)
-    negative = _gibbs_chain(key, params, data, int(k))
-    return jax.tree_util.tree_map(lambda m, d: m - d, _phase(params, negative), _phase(params, data))
+    k = _gibbs_steps(k)
+    params = _validate(params)
+    data = _as_chain_dtype(params, _check_layer("data", data, np.shape(params.W)[0], ndim=(2,)))
+    return _cd_grad_jit(key, params, data, k)
 
 
 def pcd_grad(key: PRNGKey, params: RBMParams, data: ArrayLike, chains: ArrayLike, k: int = 1
              ) -> tuple[RBMParams, Array]:
     r"""Persistent-CD estimate of the :func:`nll` gradient: the negative phase comes from
-    persistent ``chains`` ``(num_chains, n_visible)``, advanced by ``k`` Gibbs steps.
+    persistent ``chains`` ``(num_chains, n_visible)`` (+-1 spins), advanced by ``k`` Gibbs
+    steps. Compiled once per shape and ``k``.
 
     Returns:
       ``(grads, chains)``.
     """
-    if int(k) < 1:
-        raise ValueError(f"k must be a positive integer; got {k}.")
-    chains = _gibbs_chain(key, params, jnp.asarray(chains), int(k))
-    grads = jax.tree_util.tree_map(lambda m, d: m - d, _phase(params, chains), _phase(params, jnp.asarray(data)))
-    return grads, chains
+    k = _gibbs_steps(k)
+    params = _validate(params)
+    nv = np.shape(params.W)[0]
+    data = _as_chain_dtype(params, _check_layer("data", data, nv, ndim=(2,)))
+    chains = _as_chain_dtype(params, _check_layer("chains", chains, nv, ndim=(2,)))
+    return _pcd_grad_jit(key, params, data, chains, k)
 
 
 # --------------------------------------------------------------------------------------
@@ -458,9 +588,18 @@ def q_function(params: RBMParams, params_old: RBMParams, data: ArrayLike, **kw) 
 
     linear in :math:`z`, so the expectation uses :math:`\tanh(W_{old}^\top x + c_{old})`.
     """
-    data = jnp.asarray(data)
-    mu = lax.stop_gradient(hidden_mean(params_old, data))
-    return elbo(params, mu, data, **kw) - jnp.mean(jnp.sum(_binary_entropy(mu), axis=-1))
+    params = _validate(params)
+    params_old = _validate(params_old, "params_old")
+    if np.shape(params_old.W) != np.shape(params.W):
+        raise ValueError(f"params_old must have the shapes of params: W {np.shape(params.W)}; got "
+                         f"{np.shape(params_old.W)}.")
+    data = _check_layer("data", data, np.shape(params.W)[0], ndim=(2,))
+    return _q_function(params, params_old, data, **kw)
+
+
+def _q_function(params: RBMParams, params_old: RBMParams, data: Array, **kw) -> Array:
+    mu = lax.stop_gradient(jnp.tanh(jnp.matmul(data, params_old.W, precision=HIGHEST) + params_old.c))
+    return _elbo(params, mu, data, **kw) - jnp.mean(jnp.sum(_binary_entropy(mu), axis=-1))
 
 
 def elbo(params: RBMParams, hidden_means: ArrayLike, data: ArrayLike, **kw) -> Array:
@@ -471,9 +610,25 @@ def elbo(params: RBMParams, hidden_means: ArrayLike, data: ArrayLike, **kw) -> A
               + H(r_i)\Big) - \log Z
 
     Equal to the mean log-likelihood exactly when :math:`\mu_i = \tanh(W^\top x_i + c)`.
+    ``hidden_means`` must be finite and within [-1, 1] (means of +-1 units).
     """
-    data = jnp.asarray(data)
-    mu = jnp.asarray(hidden_means)
+    params = _validate(params)
+    nv, nh = np.shape(params.W)
+    data = _check_layer("data", data, nv, ndim=(2,))
+    mu = array("hidden_means", hidden_means)
+    if mu.shape != (data.shape[0], nh):
+        raise ValueError(f"hidden_means must have shape ({data.shape[0]}, {nh}) (one row of hidden means per "
+                         f"sample of data); got {mu.shape}.")
+    check_finite("hidden_means", mu)
+    if is_concrete(mu):
+        values = np.asarray(mu)
+        if np.any(np.abs(values) > 1):
+            raise ValueError(f"hidden_means must lie in [-1, 1] (means of +-1 units); got values in "
+                             f"[{values.min():.3g}, {values.max():.3g}].")
+    return _elbo(params, mu, data, **kw)
+
+
+def _elbo(params: RBMParams, mu: Array, data: Array, **kw) -> Array:
     energy_term = (jnp.sum(jnp.matmul(data, params.W, precision=HIGHEST) * mu, -1)
                    + jnp.matmul(data, params.b, precision=HIGHEST) + jnp.matmul(mu, params.c, precision=HIGHEST))
     return jnp.mean(energy_term + jnp.sum(_binary_entropy(mu), -1)) - log_partition(params, **kw)
@@ -485,11 +640,12 @@ def smoothness_bound(n_visible: int, n_hidden: int) -> float:
     :math:`\phi = (xz^\top, x, z)` with +-1 entries (the argument of
     :func:`jaxebm.curvature.ising_smoothness_bound`). Gradient ascent on Q with
     :math:`\eta = 1/L` provably increases Q."""
+    n_visible, n_hidden = count("n_visible", n_visible), count("n_hidden", n_hidden)
     return float(n_visible * n_hidden + n_visible + n_hidden)
 
 
 def gem_fit(params: RBMParams, data: ArrayLike, num_outer: int, num_inner: int = 5,
-            optimizer: optax.GradientTransformation | None = None):
+            optimizer: optax.GradientTransformation | None = None, *, tol: float | None = None):
     r"""Generalised EM (Eq. (4.87)-(4.89)): hold :math:`r(z) = p_{old}(z\mid x)` fixed, take
     ``num_inner`` optax steps increasing :math:`Q(\cdot, \theta_{old})` (exact model moments),
     repeat ``num_outer`` times.
@@ -503,12 +659,22 @@ def gem_fit(params: RBMParams, data: ArrayLike, num_outer: int, num_inner: int =
     takes much larger steps, since :math:`-Q` is convex. An optimiser with momentum (Adam) can
     stall here: a rejected step leaves the parameters, so the same direction is proposed again.
 
+    ``num_outer`` is a fixed budget (the method has no stopping rule of its own). With ``tol``
+    given, an eager call warns (:class:`jaxebm._validation.ConvergenceWarning`) when the last
+    outer step still lowered the nll by more than ``tol``, i.e. the run stopped at its
+    iteration limit before converging; under ``jax.jit`` no warning can be issued: inspect
+    ``nll_history[-2] - nll_history[-1]`` yourself.
+
     Returns:
       ``(params, nll_history)`` with the exact nll before each outer step and at the end,
       ``(num_outer + 1,)``. One ``lax.scan``; jit at the call site.
     """
-    data = jnp.asarray(data)
+    params = _validate(params)
     nv, nh = np.shape(params.W)
+    data = _check_layer("data", data, nv, ndim=(2,))
+    num_outer, num_inner = count("num_outer", num_outer), count("num_inner", num_inner)
+    if tol is not None:
+        tol = positive_scalar("tol", tol)
     if optimizer is None:
         optimizer = optax.sgd(1.0 / smoothness_bound(nv, nh))
     optimizer = optax.with_extra_args_support(optimizer)
@@ -520,7 +686,7 @@ def gem_fit(params: RBMParams, data: ArrayLike, num_outer: int, num_inner: int =
         old = params
 
         def neg_q(p):
-            return -q_function(p, old, data)
+            return -_q_function(p, old, data)
 
         def inner(carry, _):
             params, opt_state = carry
@@ -531,11 +697,18 @@ def gem_fit(params: RBMParams, data: ArrayLike, num_outer: int, num_inner: int =
             params = jax.tree_util.tree_map(lambda c, p: jnp.where(accept, c, p), candidate, params)
             return (params, opt_state), accept
 
-        (params, opt_state), _ = lax.scan(inner, (params, opt_state), None, length=int(num_inner))
+        (params, opt_state), _ = lax.scan(inner, (params, opt_state), None, length=num_inner)
         return (params, opt_state), value
 
-    (params, _), history = lax.scan(outer, (params, opt_state), None, length=int(num_outer))
-    return params, jnp.concatenate([history, nll(params, data)[None]])
+    (params, _), history = lax.scan(outer, (params, opt_state), None, length=num_outer)
+    history = jnp.concatenate([history, nll(params, data)[None]])
+    if tol is not None and is_concrete(history):
+        last = float(history[-2] - history[-1])
+        if last > tol:
+            warnings.warn(f"gem_fit stopped at num_outer={num_outer} before converging: the last outer step "
+                          f"lowered the nll by {last:.3g} > tol={tol:g}. Increase num_outer.",
+                          ConvergenceWarning, stacklevel=2)
+    return params, history
 
 
 # --------------------------------------------------------------------------------------
@@ -557,15 +730,20 @@ def from_binary(W: ArrayLike, b: ArrayLike, c: ArrayLike) -> tuple[RBMParams, Ar
     Returns:
       ``(params, log_z_shift)``.
     """
-    W, b, c = jnp.asarray(W), jnp.asarray(b), jnp.asarray(c)
+    W, b, c = array("W", W), array("b", b), array("c", c)
+    check_ndim("W", W, 2, "a coupling matrix of shape (n_visible, n_hidden)")
+    nv, nh = W.shape
+    check_shape("b", b, (nv,), "the visible biases, matching W")
+    check_shape("c", c, (nh,), "the hidden biases, matching W")
+    for name, value in (("W", W), ("b", b), ("c", c)):
+        check_finite(name, value)
     params = RBMParams(W / 4.0, b / 2.0 + jnp.sum(W, axis=1) / 4.0, c / 2.0 + jnp.sum(W, axis=0) / 4.0)
-    _validate(params)
     shift = jnp.sum(W) / 4.0 + jnp.sum(b) / 2.0 + jnp.sum(c) / 2.0
     return params, shift
 
 
 def to_binary(params: RBMParams) -> tuple[Array, Array, Array]:
     """Inverse of :func:`from_binary`: ``(W, b, c)`` of the equivalent {0,1}-unit RBM."""
-    _validate(params)
+    params = _validate(params)
     W = 4.0 * params.W
     return W, 2.0 * params.b - jnp.sum(W, axis=1) / 2.0, 2.0 * params.c - jnp.sum(W, axis=0) / 2.0

@@ -1,9 +1,13 @@
 """Samplers against exact enumeration, with tolerances from the effective sample size."""
 
+import contextlib
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax import lax
 
@@ -248,3 +252,226 @@ def test_vmapped_chains_are_the_unbatched_chains(rng, rule, block_size):
 def run_model(key, x, params, make, block_size):
     algo = make(params, block_size=block_size)
     return mcmc.run_chain(key, algo, algo.init(x), 20, trace_fn=lambda s, i: s.x)[1]
+
+
+# --------------------------------------------------------------------------------------
+# Issue 12: validation at every entry point, diagnostics that cannot mislead, compile once
+# --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _count_compiles():
+    """Counts XLA compilations (jax.monitoring's backend-compile event) inside the block."""
+    counter = [0]
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            counter[0] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield counter
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def _numpy_ising(rng, n=5):
+    h, J = random_couplings(rng, n, scale=0.3)
+    return IsingParams(h, J)
+
+
+@pytest.mark.parametrize("make", [mcmc.heat_bath, mcmc.metropolis])
+def test_ising_samplers_refuse_bad_params(rng, make):
+    params = _numpy_ising(rng)
+    name = "target" if make is mcmc.metropolis else "params"
+    n = params.h.shape[0]
+    with pytest.raises(ValueError, match=rf"{name}\.J must have a zero diagonal"):  # changes what heat bath samples
+        make(params._replace(J=params.J + 0.5 * np.eye(n)))
+    with pytest.raises(ValueError, match=rf"{name}\.J must be symmetric"):
+        make(params._replace(J=params.J + np.triu(np.ones((n, n)), 1)))
+    with pytest.raises(ValueError, match=rf"{name}\.h contains 1 NaN"):
+        make(params._replace(h=np.where(np.arange(n) == 2, np.nan, params.h)))
+    J = params.J.copy()
+    J[0, 1] = J[1, 0] = np.nan
+    with pytest.raises(ValueError, match=rf"{name}\.J contains 2 NaN"):
+        make(params._replace(J=J))
+    with pytest.raises(ValueError, match=rf"{name}\.J must have shape"):
+        make(params._replace(J=params.J[:, :-1]))
+    with pytest.raises(ValueError, match="beta must be finite"):
+        make(params, np.nan)
+    with pytest.raises(ValueError, match="beta must be >= 0"):
+        make(params, -0.5)
+    with pytest.raises(ValueError, match="block_size must be an integer"):
+        make(params, block_size=0)
+    with pytest.raises(ValueError, match=name):
+        make({"h": params.h, "J": params.J})
+
+
+@pytest.mark.parametrize("bad", ["binary", "half", "nan", "shape"])
+def test_sampler_starts_must_be_spins(rng, bad):
+    params = _numpy_ising(rng)
+    rbm_params = rbm.init(jax.random.key(0), 5, 3, scale=0.3)
+    x = np.array([1.0, -1.0, 1.0, 1.0, -1.0])
+    value = {"binary": (x + 1) / 2, "half": np.full(5, 0.5), "nan": np.where(x > 0, np.nan, x), "shape": x[:4]}[bad]
+    generic = [] if bad == "shape" else [mcmc.metropolis(lambda s: jnp.sum(s))]  # any n is right for it
+    for algo in [mcmc.metropolis(params), mcmc.heat_bath(params), mcmc.rbm_gibbs(rbm_params), *generic]:
+        with pytest.raises(ValueError, match="^position"):
+            algo.init(value)
+    # starts built by a vmapped init are traced there: run_chains checks their values
+    algo = mcmc.heat_bath(params)
+    if bad != "shape":
+        states = jax.vmap(algo.init)(np.stack([x, value]))
+        with pytest.raises(ValueError, match="^states"):
+            mcmc.run_chains(jax.random.key(0), algo, states, 2)
+        with pytest.raises(ValueError, match="^state"):
+            mcmc.run_chain(jax.random.key(0), algo, jax.tree_util.tree_map(lambda a: a[1], states), 2)
+    ladder = mcmc.replica_exchange(lambda b: mcmc.heat_bath(params, b), [0.5, 1.0])
+    with pytest.raises(ValueError, match="^position"):  # the slot's shape, or the values of "positions"
+        ladder.init(np.stack([x, value]) if bad != "shape" else np.stack([x[:4], value]))
+
+
+def test_numpy_params_work_under_vmap(rng):
+    params = _numpy_ising(rng, 6)  # NumPy arrays: converted when the sampler is built
+    x0 = _random_spins(1, (3, 6))
+    keys = jax.random.split(jax.random.key(0), 3)
+    for make in (mcmc.metropolis, mcmc.heat_bath):
+        algo = make(params)
+        final = jax.jit(jax.vmap(lambda k, x, algo=algo: mcmc.run_chain(k, algo, algo.init(x), 3)[0].x))(keys, x0)
+        want = make(IsingParams(jnp.asarray(params.h, jnp.float32), jnp.asarray(params.J, jnp.float32)))
+        np.testing.assert_array_equal(final, jax.vmap(lambda k, x, want=want: mcmc.run_chain(
+            k, want, want.init(x), 3)[0].x)(keys, x0))
+
+
+def test_counts_ladders_and_schedules_are_validated(rng):
+    params = _numpy_ising(rng)
+    algo = mcmc.metropolis(params)
+    state = algo.init(np.ones(5))
+    states = jax.vmap(algo.init)(jnp.ones((2, 5)))
+    for kw, name in (({"thin": 0}, "thin"), ({"num_chunks": 0}, "num_chunks"), ({"thin": 1.5}, "thin")):
+        with pytest.raises(ValueError, match=f"^{name} must be an integer"):
+            mcmc.run_chain(jax.random.key(0), algo, state, 4, **kw)
+        with pytest.raises(ValueError, match=f"^{name} must be an integer"):
+            mcmc.run_chains(jax.random.key(0), algo, states, 4, **kw)
+    with pytest.raises(ValueError, match="^num_steps must be an integer"):
+        mcmc.run_chain(jax.random.key(0), algo, state, 2.5)
+    with pytest.raises(ValueError, match="^algorithm must be a SamplingAlgorithm"):
+        mcmc.run_chain(jax.random.key(0), params, state, 2)
+    with pytest.raises(ValueError, match="^num must be an integer >= 2"):
+        mcmc.geometric_ladder(0.1, 1.0, 2.5)
+    with pytest.raises(ValueError, match="^beta_min must be < beta_max"):
+        mcmc.geometric_ladder(1.0, 0.5, 4)
+    ladder = mcmc.geometric_ladder(0.3, 1.0, 4)
+    assert float(ladder[0]) == np.float32(0.3) and float(ladder[-1]) == 1.0
+    make = lambda b: mcmc.heat_bath(params, b)  # noqa: E731
+    for betas, match in (([1.0], "at least 2"), ([0.0, 1.0], "> 0"), ([0.5, np.nan], "NaN"),
+                         ([0.5, 0.5, 1.0], "strictly monotone")):
+        with pytest.raises(ValueError, match=f"^betas .*{match}"):
+            mcmc.replica_exchange(make, betas)
+    with pytest.raises(ValueError, match="^acceptance must"):
+        mcmc.adapt_ladder([0.5, 1.0], [1.5])
+    with pytest.raises(ValueError, match="^acceptance must have shape"):
+        mcmc.adapt_ladder([0.5, 0.7, 1.0], [0.5])
+    with pytest.raises(ValueError, match="^num_rounds"):
+        mcmc.tune_ladder(jax.random.key(0), make, [0.5, 1.0], np.ones((2, 5)), num_rounds=0)
+    data = _random_spins(2, (20, 5))
+    for betas, match in (([0.5, 0.9], "must end at beta = 1"), ([0.5, 0.5, 1.0], "strictly monotone")):
+        with pytest.raises(ValueError, match=f"^betas .*{match}"):  # it would fit the wrong model
+            mcmc.pcd_fit_ising(jax.random.key(0), params, data, optax.sgd(0.1), 2, betas=betas)
+    with pytest.raises(ValueError, match="^num_chains"):
+        mcmc.pcd_fit_ising(jax.random.key(0), params, data, optax.sgd(0.1), 2, betas=[0.5, 1.0], num_chains=0)
+    for kw, match in (({"betas": [0.1, 1.0]}, "betas must start at 0"), ({"betas": [0.0, 0.9]}, "betas must end at 1"),
+                      ({"betas": [0.0, 0.6, 0.5, 1.0]}, "betas must be non-decreasing"),
+                      ({"num_chains": 1}, "num_chains must be an integer >= 2"),
+                      ({"num_temps": 2.5}, "num_temps must be an integer"),
+                      ({"sweeps_per_temp": 0}, "sweeps_per_temp must be an integer")):
+        with pytest.raises(ValueError, match=f"^{match}"):
+            mcmc.ais_log_partition(jax.random.key(0), params, **{"num_chains": 4, "num_temps": 5, **kw})
+    with pytest.raises(ValueError, match=r"^target\.J must have a zero diagonal"):
+        mcmc.ais_log_partition(jax.random.key(0), params._replace(J=params.J + np.eye(5)), num_chains=4, num_temps=5)
+    with pytest.raises(ValueError, match=r"^target\.W contains"):
+        mcmc.ais_log_partition(jax.random.key(0), rbm.RBMParams(np.full((3, 2), np.nan), np.zeros(3), np.zeros(2)),
+                               num_chains=4, num_temps=5)
+
+
+def test_ess_never_exceeds_the_draws_and_undefined_cases_warn():
+    rng = np.random.default_rng(0)
+    with pytest.warns(RuntimeWarning, match="all draws equal"):  # a stuck chain: ESS undefined, not 4e5
+        assert np.isnan(float(mcmc.effective_sample_size(np.ones(400))))
+    with pytest.warns(RuntimeWarning, match="all draws equal"):
+        tau = mcmc.integrated_autocorr_time(np.ones(400))
+    assert np.isnan(float(tau))
+    with pytest.warns(RuntimeWarning, match="all draws equal"):
+        assert np.all(np.isnan(np.asarray(mcmc.autocorrelation(np.ones((50, 2)), axis=0))))
+    # independent and antithetic draws: ESS at most the number of draws
+    for x in (rng.normal(size=400), rng.normal(size=(4, 400)), np.tile([1.0, -1.0], 200), rng.normal(size=(4, 400, 3))):
+        ess = np.asarray(mcmc.effective_sample_size(x))
+        assert np.all(ess <= x.shape[0] * (x.shape[1] if x.ndim > 1 else 1)) and np.all(ess > 0), ess
+    assert float(mcmc.effective_sample_size(np.tile([1.0, -1.0], 200))) == 400.0  # tau clamped at 1
+    # chains stuck in different states look mixed one by one; the multi-chain ESS is tiny
+    stuck = np.concatenate([np.ones((2, 100)), -np.ones((2, 100))]) + 0.01 * rng.normal(size=(4, 100))
+    assert float(mcmc.effective_sample_size(stuck)) < 10
+    # one constant entry among others: NaN only there
+    x = rng.normal(size=(3, 50, 2))
+    x[..., 1] = 2.0
+    with pytest.warns(RuntimeWarning, match="1 of 2 quantities"):
+        ess = np.asarray(mcmc.effective_sample_size(x))
+    assert np.isnan(ess[1]) and 0 < ess[0] <= 150
+    with pytest.raises(ValueError, match="x contains 1 NaN"):
+        mcmc.effective_sample_size(np.where(np.arange(10) == 3, np.nan, 1.0 * np.arange(10)))
+    with pytest.raises(ValueError, match="at least 4 draws"):
+        mcmc.effective_sample_size(np.arange(3.0))
+
+
+def test_r_hat_needs_chains_and_draws_and_flags_constant_chains():
+    rng = np.random.default_rng(1)
+    with pytest.raises(ValueError, match="at least 4 draws per chain"):
+        mcmc.r_hat(rng.normal(size=(3, 1)))  # was a ZeroDivisionError
+    with pytest.raises(ValueError, match="at least 4 draws per chain"):
+        mcmc.r_hat(rng.normal(size=(3, 3)))
+    with pytest.raises(ValueError, match="at least 2 chains"):
+        mcmc.r_hat(rng.normal(size=(1, 10)))
+    with pytest.raises(ValueError, match="x contains 1 NaN"):
+        mcmc.r_hat(np.where(np.arange(20).reshape(2, 10) == 5, np.nan, rng.normal(size=(2, 10))))
+    assert abs(float(mcmc.r_hat(rng.normal(size=(4, 4)))) - 1.0) < 1.0  # 4 draws are enough
+    with pytest.warns(RuntimeWarning, match="all draws equal"):
+        assert np.isnan(float(mcmc.r_hat(np.ones((3, 10)))))
+    with pytest.warns(RuntimeWarning, match="R-hat is \\+inf"):
+        assert float(mcmc.r_hat(np.concatenate([np.ones((2, 10)), -np.ones((2, 10))]))) == np.inf
+    # under jit no warning can be issued, and the undefined value is still NaN
+    assert np.isnan(float(jax.jit(mcmc.r_hat)(jnp.ones((3, 10)))))
+
+
+def test_ais_compiles_once_eagerly(rng):
+    ising_targets = [_ising(rng, 6)[0] for _ in range(2)]
+    rbm_targets = [rbm.init(jax.random.key(i), 5, 3, scale=0.5) for i in range(2)]
+    make = functools.partial(_heat_bath_at, ising_targets[0])
+
+    def init_fn(key):
+        return jnp.where(jax.random.bernoulli(key, 0.5, (6,)), 1.0, -1.0)
+
+    schedules = [jnp.linspace(0.0, 1.0, 6), jnp.linspace(0.0, 1.0, 6) ** 2]  # the shapes of num_temps=6
+    calls = [
+        ("ising", lambda i: mcmc.ais_log_partition(jax.random.key(i), ising_targets[i], num_chains=8, num_temps=6)),
+        ("rbm", lambda i: mcmc.ais_log_partition(jax.random.key(i), rbm_targets[i], num_chains=8, num_temps=6)),
+        ("betas", lambda i: mcmc.ais_log_partition(jax.random.key(i), ising_targets[i], num_chains=8,
+                                                   betas=schedules[i])),
+        ("user", lambda i: mcmc.ais_log_partition(jax.random.key(i), None, num_chains=8, num_temps=6,
+                                                  make_algorithm=make, init_fn=init_fn, log_z0=6 * np.log(2.0) + i)),
+    ]
+    for name, call in calls:
+        first = call(0)
+        with _count_compiles() as compiles:
+            second = call(1)
+            jax.block_until_ready(second)
+        assert compiles[0] == 0, (name, compiles[0])
+        assert np.isfinite(float(first.log_z)) and np.isfinite(float(second.stderr))
+    # same key, same result as before the cache: the Ising target equals a user make_algorithm on it
+    a = mcmc.ais_log_partition(jax.random.key(5), ising_targets[0], num_chains=8, num_temps=6)
+    b = mcmc.ais_log_partition(jax.random.key(5), None, num_chains=8, num_temps=6, make_algorithm=make,
+                               init_fn=init_fn, log_z0=6 * np.log(2.0))
+    np.testing.assert_allclose(a.log_weights, b.log_weights, rtol=1e-6)  # same draws; fusion may round apart
+
+
+def _heat_bath_at(params, beta):
+    return mcmc.heat_bath(params, beta)
+

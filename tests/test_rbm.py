@@ -1,5 +1,8 @@
 """+-1 RBMs against brute force over both layers."""
 
+import contextlib
+import warnings
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -8,6 +11,7 @@ import optax
 import pytest
 
 from jaxebm import rbm
+from jaxebm._validation import ConvergenceWarning
 from jaxebm.rbm import RBMParams
 from tests import reference
 
@@ -236,3 +240,149 @@ def test_bad_inputs():
         rbm.log_partition(big)
     with pytest.raises(ValueError, match="k must be a positive integer"):
         rbm.cd_grad(jax.random.key(0), params, jnp.ones((2, 4)), k=0)
+
+
+# --------------------------------------------------------------------------------------
+# Issue 12: validation at every entry point, ConvergenceWarning, compile once
+# --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _count_compiles():
+    """Counts XLA compilations (jax.monitoring's backend-compile event) inside the block."""
+    counter = [0]
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            counter[0] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield counter
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def _spins(rng, shape):
+    return np.where(rng.random(shape) < 0.5, 1.0, -1.0).astype(np.float32)
+
+
+def _data_entry_points(params, good):
+    """(argument name, call with that argument replaced) for every function taking +-1 units."""
+    nh = params.W.shape[1]
+    z = np.ones((good.shape[0], nh), np.float32)
+    mu = np.zeros((good.shape[0], nh), np.float32)
+    key = jax.random.key(0)
+    return [
+        ("x", lambda v: rbm.hidden_mean(params, v)),
+        ("z", lambda v: rbm.visible_mean(params, v[:, :nh])),
+        ("x", lambda v: rbm.sample_hidden(key, params, v)),
+        ("z", lambda v: rbm.sample_visible(key, params, v[:, :nh])),
+        ("x", lambda v: rbm.gibbs_step(key, params, v)),
+        ("x", lambda v: rbm.energy(params, v, z)),
+        ("z", lambda v: rbm.energy(params, good, v[:, :nh])),
+        ("x", lambda v: rbm.visible_log_weight(params, v)),
+        ("z", lambda v: rbm.hidden_log_weight(params, v[:, :nh])),
+        ("x", lambda v: rbm.log_prob(params, v)),
+        ("data", lambda v: rbm.nll(params, v)),
+        ("data", lambda v: rbm.exact_grad(params, v)),
+        ("data", lambda v: rbm.cd_grad(key, params, v)),
+        ("data", lambda v: rbm.pcd_grad(key, params, v, good)),
+        ("chains", lambda v: rbm.pcd_grad(key, params, good, v)),
+        ("data", lambda v: rbm.q_function(params, params, v)),
+        ("data", lambda v: rbm.elbo(params, mu, v)),
+        ("data", lambda v: rbm.gem_fit(params, v, num_outer=1, num_inner=1)),
+    ]
+
+
+@pytest.mark.parametrize("bad", ["binary", "half", "nan"])
+def test_every_data_entry_point_refuses_non_spin_data(rng, bad):
+    params = _params(rng, 5, 3)
+    good = _spins(rng, (6, 5))
+    value = {"binary": (good + 1) / 2, "half": np.full_like(good, 0.5), "nan": np.where(good > 0, np.nan, -1.0)}[bad]
+    for name, call in _data_entry_points(params, good):
+        with pytest.raises(ValueError, match=rf"^{name} ") as err:
+            call(value)
+        if bad == "binary":  # the hint: convert the data, or the parameters of a {0,1} RBM
+            assert "2 * x - 1" in str(err.value) and "from_binary" in str(err.value)
+
+
+def test_integer_spin_data_gives_the_float_answer(rng):
+    params = _params(rng, 5, 3)
+    data = _spins(rng, (8, 5))
+    key = jax.random.key(3)
+    as_int, as_float = rbm.cd_grad(key, params, data.astype(np.int32)), rbm.cd_grad(key, params, data)
+    for a, b in zip(as_int, as_float):
+        np.testing.assert_array_equal(a, b)
+    grads, chains = rbm.pcd_grad(key, params, data.astype(np.int8), data.astype(np.int8), k=2)
+    assert chains.dtype == jnp.float32 and set(np.unique(np.asarray(chains))) <= {-1.0, 1.0}
+    np.testing.assert_allclose(rbm.nll(params, data.astype(np.int64)), rbm.nll(params, data), rtol=1e-6)
+    np.testing.assert_allclose(rbm.log_prob(params, data.tolist()), rbm.log_prob(params, data), rtol=1e-6)
+
+
+def test_params_and_counts_are_validated(rng):
+    params = _params(rng, 4, 3)
+    data = _spins(rng, (5, 4))
+    with pytest.raises(ValueError, match="params must be an RBMParams"):
+        rbm.hidden_mean((params.W, params.b, params.c), data)
+    with pytest.raises(ValueError, match="params.c must have shape"):
+        rbm.cd_grad(jax.random.key(0), params._replace(c=jnp.zeros(4)), data)
+    with pytest.raises(ValueError, match="params.b contains 1 NaN"):
+        rbm.gibbs_step(jax.random.key(0), params._replace(b=params.b.at[1].set(jnp.inf)), data)
+    with pytest.raises(ValueError, match="params_old.W contains"):
+        rbm.q_function(params, params._replace(W=params.W.at[0, 0].set(jnp.nan)), data)
+    for k in (0, 1.5, -1):
+        with pytest.raises(ValueError, match="^k must be a positive integer"):
+            rbm.pcd_grad(jax.random.key(0), params, data, data, k=k)
+    with pytest.raises(ValueError, match="num_outer"):
+        rbm.gem_fit(params, data, num_outer=0)
+    with pytest.raises(ValueError, match="hidden_means must lie in"):
+        rbm.elbo(params, np.full((5, 3), 1.5), data)
+    with pytest.raises(ValueError, match="hidden_means must have shape"):
+        rbm.elbo(params, np.zeros((4, 3)), data)
+    with pytest.raises(ValueError, match="n_hidden must be an integer"):
+        rbm.init(jax.random.key(0), 4, 2.5)
+    W = np.zeros((4, 3))
+    W[0, 0] = np.nan
+    with pytest.raises(ValueError, match="^W contains 1 NaN"):
+        rbm.from_binary(W, np.zeros(4), np.zeros(3))
+    with pytest.raises(ValueError, match=r"^c must have shape \(3,\)"):
+        rbm.from_binary(np.zeros((4, 3)), np.zeros(4), np.zeros(4))
+    with pytest.raises(ValueError, match="params.W contains"):
+        rbm.to_binary(params._replace(W=params.W.at[0, 0].set(jnp.nan)))
+
+
+def test_gem_fit_warns_when_it_stops_at_num_outer(rng, x64):
+    params = rbm.init(jax.random.key(0), 4, 2, scale=0.1, dtype=jnp.float64)
+    data = jnp.asarray(reference.all_states(4)[rng.choice([0, 15], 40)])
+    with pytest.warns(ConvergenceWarning, match="num_outer=2"):
+        rbm.gem_fit(params, data, num_outer=2, num_inner=1, tol=1e-10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        rbm.gem_fit(params, data, num_outer=2, num_inner=1, tol=10.0)  # met: no warning
+
+
+def test_exact_functions_and_cd_compile_once_eagerly(rng):
+    nv, nh = 7, 3
+    calls = {
+        "log_partition": lambda p, d, c, k: rbm.log_partition(p),
+        "moments": lambda p, d, c, k: rbm.moments(p),
+        "nll": lambda p, d, c, k: rbm.nll(p, d),
+        "log_prob": lambda p, d, c, k: rbm.log_prob(p, d),
+        "exact_grad": lambda p, d, c, k: rbm.exact_grad(p, d),
+        "cd_grad": lambda p, d, c, k: rbm.cd_grad(k, p, d, k=2),
+        "pcd_grad": lambda p, d, c, k: rbm.pcd_grad(k, p, d, c, k=2),
+    }
+    args = [(_params(rng, nv, nh), _spins(rng, (9, nv)), _spins(rng, (11, nv)), jax.random.key(i)) for i in range(2)]
+    with _count_compiles() as sanity:
+        jax.jit(lambda a: a * 3.0 + 1.0)(jnp.ones(17))
+    assert sanity[0] >= 1  # the counter sees compilations
+    for name, call in calls.items():
+        jax.block_until_ready(call(*args[0]))
+        with _count_compiles() as compiles:
+            jax.block_until_ready(call(*args[1]))  # new values, same shapes
+        assert compiles[0] == 0, (name, compiles[0])
+    # the jitted path gives the same answer as before: the exact moments
+    log_z, mx, mz, xz, _ = brute(*args[1][0])
+    np.testing.assert_allclose(rbm.log_partition(args[1][0]), log_z, rtol=1e-5)
+    np.testing.assert_allclose(rbm.moments(args[1][0])[2], xz, atol=1e-5)

@@ -13,6 +13,7 @@ unbiased for :math:`Z`; the standard error of :math:`\log\hat Z` is the delta-me
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -23,8 +24,11 @@ import numpy as np
 from jax import lax
 
 from jaxebm import rbm as rbm_module
+from jaxebm._validation import count, finite_scalar, schedule
 from jaxebm.ising import IsingParams
+from jaxebm.mcmc.colour import _graph_params, is_graph_params
 from jaxebm.mcmc.gibbs import heat_bath, rbm_gibbs
+from jaxebm.mcmc.metropolis import _dense_params
 from jaxebm.rbm import RBMParams
 
 __all__ = ["AISResult", "ais_log_partition"]
@@ -44,8 +48,9 @@ def ais_log_partition(key, target, *, num_chains: int = 1000, num_temps: int = 1
 
     Args:
       key: PRNG key.
-      target: ``IsingParams`` (heat-bath transitions), ``RBMParams`` (block Gibbs on (x, z)),
-        or None with ``make_algorithm``, ``init_fn`` and ``log_z0`` given.
+      target: ``IsingParams`` (heat-bath transitions), ``GraphIsingParams`` (colour-class
+        heat bath), ``RBMParams`` (block Gibbs on (x, z)), or None with ``make_algorithm``,
+        ``init_fn`` and ``log_z0`` given.
       num_chains: independent annealing runs (vmapped).
       num_temps: number of intermediate temperatures (a schedule linear in beta**4 puts more
         of them near beta = 0, where the distribution changes fastest), unless ``betas``.
@@ -54,27 +59,75 @@ def ais_log_partition(key, target, *, num_chains: int = 1000, num_temps: int = 1
       make_algorithm: ``beta -> SamplingAlgorithm`` whose states carry ``log_weight``.
       init_fn: ``key -> position`` drawn exactly from the beta = 0 distribution.
       log_z0: log partition function at beta = 0.
+
+    Validation: ``num_chains >= 2`` (the standard error needs two chains), ``num_temps >= 2``
+    and ``sweeps_per_temp >= 1`` are counts; ``betas`` must be finite, non-decreasing, start
+    at 0 and end at 1; the target's parameters are checked as by the samplers.
+
+    Compiled once per configuration: the work is a module-level jitted function of the
+    target's arrays and the schedule, keyed on ``(num_chains, num_temps, sweeps_per_temp)`` and
+    on the ``make_algorithm`` / ``init_fn`` function objects (pass the same objects, not fresh
+    lambdas, to reuse the program). Same key, same result.
     """
-    if isinstance(target, IsingParams):
-        n = target.h.shape[0]
-        make_algorithm = make_algorithm or (lambda b: heat_bath(target, b))
-        init_fn = init_fn or (lambda k: jnp.where(jax.random.bernoulli(k, 0.5, (n,)), 1.0, -1.0)
-                              .astype(target.h.dtype))
-        log_z0 = n * math.log(2.0) if log_z0 is None else log_z0
-    elif isinstance(target, RBMParams):
-        nv, nh = target.W.shape
-        make_algorithm = make_algorithm or (lambda b: rbm_gibbs(target, b))
-        init_fn = init_fn or (lambda k: jnp.where(jax.random.bernoulli(k, 0.5, (nv,)), 1.0, -1.0)
-                              .astype(target.W.dtype))
-        # at beta = 0 block Gibbs draws z uniformly too: Z0 counts both layers
-        log_z0 = (nv + nh) * math.log(2.0) if log_z0 is None else log_z0
-    elif make_algorithm is None or init_fn is None or log_z0 is None:
+    num_chains = count("num_chains", num_chains, minimum=2)
+    sweeps_per_temp = count("sweeps_per_temp", sweeps_per_temp)
+    if make_algorithm is not None and not callable(make_algorithm):
+        raise ValueError(f"make_algorithm must be a function beta -> SamplingAlgorithm; got "
+                         f"{type(make_algorithm).__name__}.")
+    if init_fn is not None and not callable(init_fn):
+        raise ValueError(f"init_fn must be a function key -> position; got {type(init_fn).__name__}.")
+    target, default_log_z0 = _validate_target(target)
+    if target is None and (make_algorithm is None or init_fn is None or log_z0 is None):
         raise ValueError("target must be IsingParams or RBMParams, or give make_algorithm, init_fn and log_z0.")
+    log_z0 = default_log_z0 if log_z0 is None else finite_scalar("log_z0", log_z0)
     if betas is None:
-        if num_temps < 2:
-            raise ValueError(f"num_temps must be at least 2; got {num_temps}.")
+        num_temps = count("num_temps", num_temps, minimum=2)
         betas = jnp.linspace(0.0, 1.0, num_temps) ** 4
-    betas = jnp.asarray(betas)
+    else:
+        betas = schedule("betas", betas, start=0.0, end=1.0)
+    return _ais(key, target, betas, log_z0, make_algorithm=make_algorithm, init_fn=init_fn, num_chains=num_chains,
+                sweeps_per_temp=sweeps_per_temp)
+
+
+def _validate_target(target):
+    """(validated target as JAX arrays or None, default log Z0 at beta = 0 or None)."""
+    if isinstance(target, IsingParams):
+        target = _dense_params(target, "target")
+        return target, target.h.shape[0] * math.log(2.0)
+    if is_graph_params(target):  # colour-class heat bath
+        return _graph_params(target), target.graph.n * math.log(2.0)
+    if isinstance(target, RBMParams):
+        target = rbm_module.validate_params(target, "target")
+        nv, nh = target.W.shape
+        # at beta = 0 block Gibbs draws z uniformly too: Z0 counts both layers
+        return target, (nv + nh) * math.log(2.0)
+    if target is not None:
+        raise ValueError(f"target must be IsingParams, GraphIsingParams, RBMParams or None; got "
+                         f"{type(target).__name__}.")
+    return None, None
+
+
+def _uniform_spins(key, n, dtype):
+    return jnp.where(jax.random.bernoulli(key, 0.5, (n,)), 1.0, -1.0).astype(dtype)
+
+
+def _default_model(target):
+    """(make_algorithm, init_fn) for a model target, built inside the jitted work from the
+    target's (traced) arrays."""
+    if isinstance(target, IsingParams) or is_graph_params(target):
+        n, dtype = target.h.shape[0], target.h.dtype
+        return (lambda b: heat_bath(target, b)), (lambda k: _uniform_spins(k, n, dtype))
+    if isinstance(target, RBMParams):
+        nv, dtype = target.W.shape[0], target.W.dtype
+        return (lambda b: rbm_gibbs(target, b)), (lambda k: _uniform_spins(k, nv, dtype))
+    return None, None
+
+
+@functools.partial(jax.jit, static_argnames=("make_algorithm", "init_fn", "num_chains", "sweeps_per_temp"))
+def _ais(key, target, betas, log_z0, *, make_algorithm, init_fn, num_chains, sweeps_per_temp) -> AISResult:
+    default_make, default_init = _default_model(target)
+    make_algorithm = make_algorithm or default_make
+    init_fn = init_fn or default_init
 
     def one_chain(key):
         k0, k_run = jax.random.split(key)
@@ -108,4 +161,3 @@ def ais_log_partition(key, target, *, num_chains: int = 1000, num_temps: int = 1
     stderr = jnp.std(w) / (mean * np.sqrt(num_chains))
     ess = jnp.sum(w) ** 2 / jnp.sum(w * w)
     return AISResult(log_z, stderr, log_w, ess)
-

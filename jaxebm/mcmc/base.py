@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from jax import lax
 
+from jaxebm._validation import check_finite, check_spins, count, is_concrete
 from jaxebm.types import PRNGKey
 
 __all__ = ["SamplingAlgorithm", "run_chain", "run_chains"]
@@ -45,10 +46,14 @@ def run_chain(key: PRNGKey, algorithm: SamplingAlgorithm, state, num_steps: int,
     Returns:
       ``(final_state, trace)`` with ``trace`` stacked over ``num_steps // thin`` records.
       For many chains, ``jax.vmap`` this over keys and states.
+
+    ``num_steps``, ``thin`` and ``num_chunks`` are positive integer counts (``ValueError``
+    otherwise). The spins of a jaxebm sampler state (``SpinState``, ``RBMState``,
+    ``ReplicaExchangeState``) must be finite and +-1: checked here when concrete, since a
+    start built by ``jax.vmap(algorithm.init)`` was traced inside ``init``.
     """
-    if num_steps < 1 or thin < 1 or num_chunks < 1 or num_steps % (thin * num_chunks):
-        raise ValueError(f"num_steps ({num_steps}) must be a positive multiple of thin * num_chunks "
-                         f"({thin} * {num_chunks}).")
+    num_steps, thin, num_chunks = _check_steps(algorithm, num_steps, thin, num_chunks)
+    _check_positions("state", state)
     trace_fn = trace_fn or (lambda s, info: s)
 
     def one_record(state, key):
@@ -98,6 +103,19 @@ def run_chains(key: PRNGKey, algorithm: SamplingAlgorithm, states, num_steps: in
     Returns:
       ``(final_states, traces)``, traces of shape ``(num_chains, num_steps // thin, ...)``.
 
+    Several processes or hosts: after ``jax.distributed.initialize(...)`` on every process (on
+    CPU with ``jax.config.update("jax_cpu_collectives_implementation", "gloo")`` first), every
+    process calls ``run_chains`` with the same ``key`` and arguments and
+    ``devices=jax.devices()``. ``states`` is either the same full value on every process (host
+    arrays, or jax arrays not committed to a device), or a global array sharded over the chain
+    axis (each process builds its own chains' states and calls
+    ``jax.make_array_from_process_local_data(NamedSharding(Mesh(devices, ("chains",)),
+    PartitionSpec("chains")), local_states)``). The outputs are global arrays, each process
+    holding its own chains (``addressable_shards``); to read all chains on every process, use
+    ``jax.experimental.multihost_utils.process_allgather(traces, tiled=True)``. The chains equal
+    those of a single-process run bit for bit. Arrays committed to one local device (e.g. by
+    ``jax.device_put``) are refused by JAX; pass host arrays instead.
+
     The compiled program is cached on ``(algorithm, trace_fn, num_steps, thin, devices)``:
     pass the same objects (not a fresh ``lambda``) to reuse it across calls.
     """
@@ -109,9 +127,8 @@ def run_chains(key: PRNGKey, algorithm: SamplingAlgorithm, states, num_steps: in
     if not devices or num_chains % len(devices):
         raise ValueError(f"the number of chains ({num_chains}) must be a positive multiple of the number of "
                          f"devices ({len(devices)}); pass devices= to use fewer.")
-    if num_steps < 1 or num_chunks < 1 or num_steps % (thin * num_chunks):
-        raise ValueError(f"num_steps ({num_steps}) must be a positive multiple of thin * num_chunks "
-                         f"({thin} * {num_chunks}).")
+    num_steps, thin, num_chunks = _check_steps(algorithm, num_steps, thin, num_chunks)
+    _check_positions("states", states)
     steps = num_steps // num_chunks
     many = functools.partial(_many_chains, algorithm=algorithm, num_steps=steps, thin=thin, trace_fn=trace_fn,
                              devices=devices)
@@ -124,6 +141,35 @@ def run_chains(key: PRNGKey, algorithm: SamplingAlgorithm, states, num_steps: in
     if num_chunks == 1:
         return states, traces[0]
     return states, jax.tree_util.tree_map(lambda *a: jax.numpy.concatenate(a, axis=1), *traces)
+
+
+def _check_steps(algorithm, num_steps, thin, num_chunks) -> tuple[int, int, int]:
+    if not (hasattr(algorithm, "init") and callable(getattr(algorithm, "step", None))):
+        raise ValueError(f"algorithm must be a SamplingAlgorithm(init, step); got {type(algorithm).__name__}.")
+    num_steps, thin, num_chunks = count("num_steps", num_steps), count("thin", thin), count("num_chunks", num_chunks)
+    if num_steps % (thin * num_chunks):
+        raise ValueError(f"num_steps ({num_steps}) must be a positive multiple of thin * num_chunks "
+                         f"({thin} * {num_chunks}).")
+    return num_steps, thin, num_chunks
+
+
+def _check_positions(name: str, state) -> None:
+    """Value checks (when concrete and held by this process) on the spins of jaxebm sampler
+    states: a start built by ``jax.vmap(algorithm.init)`` was traced, so its values are checked
+    here instead. Other state types pass through."""
+    from jaxebm.mcmc.gibbs import RBMState
+    from jaxebm.mcmc.metropolis import SpinState
+    from jaxebm.mcmc.tempering import ReplicaExchangeState
+
+    if isinstance(state, ReplicaExchangeState):
+        state = state.states
+    if not isinstance(state, (SpinState, RBMState)):
+        return
+    for label, x in ((name, state.x), (f"{name} (hidden z)", getattr(state, "z", None))):
+        if x is None or not is_concrete(x) or not getattr(x, "is_fully_addressable", True):
+            continue
+        check_finite(label, x)
+        check_spins(label, x)
 
 
 @functools.partial(jax.jit, static_argnames=("algorithm", "num_steps", "thin", "trace_fn", "devices"))

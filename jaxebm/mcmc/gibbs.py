@@ -17,7 +17,8 @@ from jax import lax
 from jaxebm import rbm as rbm_module
 from jaxebm.ising import IsingParams
 from jaxebm.mcmc.base import SamplingAlgorithm
-from jaxebm.mcmc.metropolis import _ising_algorithm
+from jaxebm.mcmc.colour import colour_sampler, is_graph_params
+from jaxebm.mcmc.metropolis import _check_beta, _ising_algorithm, _position
 from jaxebm.rbm import RBMParams
 
 __all__ = ["RBMState", "heat_bath", "rbm_gibbs"]
@@ -27,9 +28,16 @@ def heat_bath(params: IsingParams, beta: float = 1.0, block_size: int | None = N
     r"""Sequential heat-bath (Gibbs) sweeps of an Ising model at inverse temperature ``beta``:
     :math:`x_i \leftarrow +1` with probability :math:`\sigma(2\beta(h_i + \sum_j J_{ij}x_j))`.
 
+    ``params`` are validated when the sampler is built (shapes, finite, ``J`` symmetric with a
+    zero diagonal: a diagonal term would enter the field and change the distribution sampled)
+    and converted to JAX arrays; ``beta`` must be finite and >= 0; ``init`` checks the start
+    is +-1 spins of shape ``(n,)``.
+
     Returns:
       ``SamplingAlgorithm`` over :class:`jaxebm.mcmc.metropolis.SpinState`.
     """
+    if is_graph_params(params):  # sparse: colour classes, neighbour gathers (jaxebm.mcmc.colour)
+        return colour_sampler(params, beta, "heat_bath", block_size)
     if not isinstance(params, IsingParams):
         raise ValueError(f"params must be IsingParams; got {type(params).__name__}.")
     return _ising_algorithm(params, beta, "heat_bath", block_size)
@@ -53,19 +61,22 @@ def rbm_gibbs(params: RBMParams, beta: float = 1.0, precision=lax.Precision.HIGH
     then :math:`x \sim p_\beta(x\mid z)` (Eq. (4.83)-(4.85), fields scaled by beta).
 
     ``precision`` is the matmul precision (``HIGHEST`` by default; ``DEFAULT`` is TF32 on GPU).
+    ``params`` are validated when the sampler is built (type, shapes, finite) and ``beta``
+    must be finite and >= 0; ``init`` checks the start is +-1 spins of shape ``(n_visible,)``.
     """
-    if not isinstance(params, RBMParams):
-        raise ValueError(f"params must be RBMParams; got {type(params).__name__}.")
+    params = rbm_module.validate_params(params)
+    beta = _check_beta(beta)
     tempered = RBMParams(beta * params.W, beta * params.b, beta * params.c)
+    nv = params.W.shape[0]
 
     def init(position):
-        x = jnp.asarray(position, params.W.dtype)
+        x = _position(position, nv, params.W.dtype)
         z = rbm_module.hidden_mean(params, x)  # a placeholder; the first step draws z
         z = jnp.where(z >= 0, 1.0, -1.0).astype(x.dtype)
         return RBMState(x, z, _joint_log_weight(params, x, z))
 
     def step(key, state):
-        x, z = rbm_module.gibbs_step(key, tempered, state.x, precision)
+        x, z = rbm_module._gibbs_step(key, tempered, state.x, precision)
         return RBMState(x, z, _joint_log_weight(params, x, z)), None
 
     return SamplingAlgorithm(init, step)

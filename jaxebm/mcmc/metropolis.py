@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxebm import ising
+from jaxebm._validation import count, finite_scalar, spins
 from jaxebm.ising import IsingParams
 from jaxebm.mcmc.base import SamplingAlgorithm
 
@@ -167,9 +169,36 @@ def _batched_sweep(rule: str, block_size: int):
     return sweep
 
 
+def _check_beta(beta):
+    """An inverse temperature: a finite scalar >= 0 (checked when concrete; may be traced)."""
+    finite_scalar("beta", beta, minimum=0.0)
+    return beta
+
+
+def _check_block_size(block_size):
+    return None if block_size is None else count("block_size", block_size)
+
+
+def _position(position, n: int | None, dtype=None):
+    """A start: +-1 spins of shape (n,), finite (values checked when concrete)."""
+    x = spins("position", position, n=n, ndim=1)
+    return x if dtype is None else x.astype(dtype)
+
+
+def _dense_params(params: IsingParams, name: str = "params") -> IsingParams:
+    """Validated dense Ising params as JAX arrays (NumPy params would fail under vmap); errors
+    name the caller's argument ``name``."""
+    return ising.validate_params(params, name)
+
+
 def _ising_algorithm(params: IsingParams, beta, rule: str, block_size: int) -> SamplingAlgorithm:
+    params = _dense_params(params, "target" if rule == "metropolis" else "params")
+    beta = _check_beta(beta)
+    block_size = _check_block_size(block_size)
+    n = params.h.shape[0]
+
     def init(position):
-        x = jnp.asarray(position, params.h.dtype)
+        x = _position(position, n, params.h.dtype)
         field = params.h + jnp.dot(params.J, x, precision=HIGHEST)
         return SpinState(x, field, _ising_log_weight(params, x, field))
 
@@ -181,8 +210,10 @@ def _ising_algorithm(params: IsingParams, beta, rule: str, block_size: int) -> S
 
 
 def _generic_metropolis(log_weight_fn: Callable, beta) -> SamplingAlgorithm:
+    beta = _check_beta(beta)
+
     def init(position):
-        x = jnp.asarray(position)
+        x = _position(position, None)
         return SpinState(x, jnp.zeros_like(x), log_weight_fn(x))
 
     def step(key, state):
@@ -212,13 +243,22 @@ def metropolis(target: IsingParams | Callable, beta: float = 1.0, block_size: in
       target: ``IsingParams`` (O(n) local-field updates, blocked; see the module docstring) or
         a function ``log_weight_fn(x: (n,)) -> scalar`` (generic fallback, one evaluation per
         proposed flip).
-      beta: inverse temperature (may be traced, e.g. inside replica exchange).
+      beta: inverse temperature, finite and >= 0 (may be traced, e.g. inside replica exchange).
       block_size: spins per block of the Ising fast path (default 8, measured fastest on CPU
         for n = 64 and 256 with 1e3 and 1e4 chains).
+
+    ``IsingParams`` are validated when the sampler is built (shapes, finite, ``J`` symmetric
+    with a zero diagonal) and converted to JAX arrays; ``init`` checks that the start is +-1
+    spins of shape ``(n,)`` (values when concrete: under ``jax.vmap(algo.init)`` the values
+    are checked by :func:`jaxebm.mcmc.run_chains` instead).
 
     Returns:
       ``SamplingAlgorithm``; ``init(x0: (n,)) -> SpinState``, ``step(key, state)``.
     """
+    from jaxebm.mcmc.colour import colour_sampler, is_graph_params  # colour.py imports this module
+
+    if is_graph_params(target):  # sparse: colour classes, neighbour gathers (jaxebm.mcmc.colour)
+        return colour_sampler(target, beta, "metropolis", block_size)
     if isinstance(target, IsingParams):
         return _ising_algorithm(target, beta, "metropolis", block_size)
     if callable(target):

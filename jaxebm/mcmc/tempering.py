@@ -14,6 +14,7 @@ Walker labels follow the states, so round trips between the two ends can be coun
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -21,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxebm.mcmc.base import SamplingAlgorithm
+from jaxebm._validation import count, finite_scalar, ladder, positive_scalar, probability
+from jaxebm.mcmc.base import SamplingAlgorithm, _check_positions, run_chain
 
 __all__ = ["ReplicaExchangeInfo", "ReplicaExchangeState", "adapt_ladder", "geometric_ladder", "replica_exchange",
            "tune_ladder"]
@@ -51,10 +53,15 @@ class ReplicaExchangeInfo(NamedTuple):
 
 
 def geometric_ladder(beta_min: float, beta_max: float, num: int) -> jax.Array:
-    r"""``num`` inverse temperatures :math:`\beta_i = \beta_{\min}(\beta_{\max}/\beta_{\min})^{i/(num-1)}`."""
-    if not (0 < beta_min < beta_max) or num < 2:
-        raise ValueError(f"need 0 < beta_min < beta_max and num >= 2; got {beta_min}, {beta_max}, {num}.")
-    return jnp.asarray(beta_min * (beta_max / beta_min) ** (np.arange(num) / (num - 1)), jnp.float32)
+    r"""``num`` inverse temperatures :math:`\beta_i = \beta_{\min}(\beta_{\max}/\beta_{\min})^{i/(num-1)}`
+    (float32), with the end points exactly ``beta_min`` and ``beta_max``."""
+    beta_min, beta_max = positive_scalar("beta_min", beta_min), positive_scalar("beta_max", beta_max)
+    num = count("num", num, minimum=2)
+    if not beta_min < beta_max:
+        raise ValueError(f"beta_min must be < beta_max; got beta_min={beta_min}, beta_max={beta_max}.")
+    betas = beta_min * (beta_max / beta_min) ** (np.arange(num) / (num - 1))
+    betas[0], betas[-1] = beta_min, beta_max
+    return jnp.asarray(betas, jnp.float32)
 
 
 def _update_ends(walker, last_end, round_trips):
@@ -70,17 +77,25 @@ def replica_exchange(make_algorithm: Callable[[Any], SamplingAlgorithm], betas) 
     """Meta-kernel: ``make_algorithm(beta)`` builds the sampler at one inverse temperature
     (beta may be traced). ``init(positions)`` takes positions stacked over the R slots.
 
+    ``betas`` is a ladder: at least 2 finite inverse temperatures > 0, strictly monotone.
+
     Returns:
       ``SamplingAlgorithm`` over :class:`ReplicaExchangeState`, info
       :class:`ReplicaExchangeInfo`.
     """
-    betas = jnp.asarray(betas)
-    if betas.ndim != 1 or betas.shape[0] < 2:
-        raise ValueError(f"betas must be a vector of at least 2 inverse temperatures; got shape {betas.shape}.")
+    if not callable(make_algorithm):
+        raise ValueError(f"make_algorithm must be a function beta -> SamplingAlgorithm; got "
+                         f"{type(make_algorithm).__name__}.")
+    betas = ladder("betas", betas)
     R = betas.shape[0]
 
     def init(positions):
+        leaves = jax.tree_util.tree_leaves(positions)
+        if not leaves or any(np.ndim(a) < 1 or np.shape(a)[0] != R for a in leaves):
+            raise ValueError(f"positions must be stacked over the {R} temperature slots (leading axis {R}); got "
+                             f"shape(s) {[np.shape(a) for a in leaves]}.")
         states = jax.vmap(lambda b, p: make_algorithm(b).init(p))(betas, positions)
+        _check_positions("positions", states)  # values of the (vmapped, hence traced) inner inits
         walker = jnp.arange(R, dtype=jnp.int32)
         last_end, trips = _update_ends(walker, jnp.zeros(R, jnp.int32), jnp.zeros(R, jnp.int32))
         return ReplicaExchangeState(states, walker, last_end, trips, jnp.zeros((), jnp.int32))
@@ -112,9 +127,21 @@ def adapt_ladder(betas, acceptance, damping: float = 0.5, floor: float = 1e-3) -
     Each interval is weighted by its rejection mass ``max(1 - acceptance_i, floor)``; the new
     ladder puts equal mass in every interval (inverting the piecewise-linear cumulative mass),
     then moves a fraction ``damping`` of the way there. The end points stay fixed.
+
+    ``betas``: a ladder (at least 2 finite inverse temperatures > 0, strictly monotone);
+    ``acceptance``: ``(R - 1,)`` swap rates in [0, 1]; ``damping`` in [0, 1]; ``floor`` in (0, 1].
     """
-    betas = np.asarray(betas, np.float64)
-    mass = np.maximum(1.0 - np.asarray(acceptance, np.float64), floor)
+    ladder("betas", betas)
+    probability("acceptance", acceptance)
+    betas, acceptance = np.asarray(betas, np.float64), np.asarray(acceptance, np.float64)
+    if np.shape(acceptance) != (betas.shape[0] - 1,):
+        raise ValueError(f"acceptance must have shape ({betas.shape[0] - 1},) (one swap rate per neighbouring pair "
+                         f"of betas); got {np.shape(acceptance)}.")
+    damping = finite_scalar("damping", damping, minimum=0.0, maximum=1.0)
+    floor = positive_scalar("floor", floor)
+    if floor > 1:
+        raise ValueError(f"floor must be <= 1; got {floor}.")
+    mass = np.maximum(1.0 - acceptance, floor)
     cumulative = np.concatenate([[0.0], np.cumsum(mass)])
     targets = np.linspace(0.0, cumulative[-1], len(betas))
     proposal = np.interp(targets, cumulative, betas)
@@ -126,20 +153,32 @@ def adapt_ladder(betas, acceptance, damping: float = 0.5, floor: float = 1e-3) -
 def tune_ladder(key, make_algorithm, betas, positions, *, num_rounds: int = 10, steps_per_round: int = 200,
                 damping: float = 0.5):
     """Adaptive ladder: alternates replica-exchange runs and :func:`adapt_ladder` until the
-    swap rates are equal. Returns ``(betas, acceptance_history (num_rounds, R-1), positions)``."""
-    from jaxebm.mcmc.base import run_chain
+    swap rates are equal. Returns ``(betas, acceptance_history (num_rounds, R-1), positions)``.
 
+    Each round runs one compiled program (cached on ``make_algorithm`` and
+    ``steps_per_round``; the ladder is an argument, so the rounds share it)."""
+    ladder("betas", betas)
     betas = np.asarray(betas, np.float64)
+    num_rounds, steps_per_round = count("num_rounds", num_rounds), count("steps_per_round", steps_per_round)
+    damping = finite_scalar("damping", damping, minimum=0.0, maximum=1.0)
+    replica_exchange(make_algorithm, jnp.asarray(betas, jnp.float32)).init(positions)  # validates positions
     history = []
     for k in jax.random.split(key, num_rounds):
-        algo = replica_exchange(make_algorithm, jnp.asarray(betas, jnp.float32))
-        state = algo.init(positions)
-        state, trace = jax.jit(lambda k, s, algo=algo: run_chain(k, algo, s, steps_per_round,
-                                                                   trace_fn=lambda s, i: (i.swap_accepted,
-                                                                                          i.swap_attempted)))(k, state)
-        accepted, attempted = (np.asarray(a) for a in trace)
+        positions, accepted, attempted = _tune_round(k, jnp.asarray(betas, jnp.float32), positions,
+                                                     make_algorithm=make_algorithm, num_steps=steps_per_round)
+        accepted, attempted = np.asarray(accepted), np.asarray(attempted)
         acceptance = accepted.sum(0) / np.maximum(attempted.sum(0), 1)
         history.append(acceptance)
         betas = adapt_ladder(betas, acceptance, damping)
-        positions = state.states.x
     return betas, np.array(history), positions
+
+
+def _swaps(state, info):
+    return info.swap_accepted, info.swap_attempted
+
+
+@functools.partial(jax.jit, static_argnames=("make_algorithm", "num_steps"))
+def _tune_round(key, betas, positions, *, make_algorithm, num_steps):
+    algo = replica_exchange(make_algorithm, betas)
+    state, (accepted, attempted) = run_chain(key, algo, algo.init(positions), num_steps, trace_fn=_swaps)
+    return state.states.x, accepted, attempted
