@@ -16,6 +16,8 @@ from jaxebm import enumeration
 from tests import reference
 from tests.conftest import random_couplings
 
+# DESIGN.md: exact float32 quantities agree with float64 to about 1e-6 relative (2e-6 allows
+# the final log's rounding); float64 ones to ~1e-12, with chunked sums over up to 2^30 states.
 F32_RTOL = 2e-6
 F64_RTOL = 1e-11
 
@@ -252,6 +254,59 @@ def test_curie_weiss_n24(coupling, field):
     np.testing.assert_allclose(mean, want_mean, atol=2e-6)
     off = ~np.eye(n, dtype=bool)
     np.testing.assert_allclose(np.asarray(corr)[off], want_corr, atol=2e-6)
+
+
+# Slow checks at larger n (`pytest -m slow`; CI runs them). Moments at n = 28, 30 sum 4-16 times
+# as many chunks in float32 as at n = 24: 3e-6 instead of 2e-6.
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [28, 30])
+def test_curie_weiss_large_n(n):
+    coupling, field = 1.2, 0.05
+    J = np.full((n, n), coupling / n) - np.eye(n) * coupling / n
+    want_z, want_mean, want_corr = reference.curie_weiss(n, coupling, field)
+    log_z, mean, corr = enumeration.pairwise_moments(np.full(n, field), J)
+    assert abs(float(log_z) - want_z) <= F32_RTOL * abs(want_z)
+    np.testing.assert_allclose(mean, want_mean, atol=3e-6)
+    off = ~np.eye(n, dtype=bool)
+    np.testing.assert_allclose(np.asarray(corr)[off], want_corr, atol=3e-6)
+
+
+@pytest.mark.slow
+def test_open_chain_n30(rng):
+    n = 30
+    h = rng.normal(scale=0.4, size=n)
+    c = rng.normal(scale=0.8, size=n - 1)
+    want_z, want_mean, _ = reference.chain_log_z_and_moments(h, c)
+    log_z, mean, _ = enumeration.pairwise_moments(h, np.diag(c, 1) + np.diag(c, -1))
+    assert abs(float(log_z) - want_z) <= F32_RTOL * abs(want_z)
+    np.testing.assert_allclose(mean, want_mean, atol=3e-6)
+
+
+@pytest.mark.slow
+def test_generic_engine_past_two_to_the_32_codes():
+    # 33 spins with chunks of 2^22: the chunk index supplies bits 22..32.
+    n = 33
+    h = np.linspace(-1, 1, n)
+    got = enumeration.log_sum_exp_states(lambda x: x @ jnp.asarray(h, jnp.float32), n, chunk_size=2**22,
+                                         max_seconds=3600)
+    assert abs(float(got) - reference.independent_log_z(h)) <= F32_RTOL * reference.independent_log_z(h)
+
+
+@pytest.mark.slow
+def test_float64_dense_n20(x64, rng):
+    n = 20
+    J = np.triu(rng.normal(size=(n, n)) / np.sqrt(n), 1)
+    J = J + J.T
+    h = rng.normal(size=n) * 0.2
+    X = reference.all_states(n)
+    lw = 0.5 * np.einsum("si,ij,sj->s", X, J, X) + X @ h
+    want = reference.logsumexp(lw)
+    p = np.exp(lw - want)
+    log_z, mean, corr = enumeration.pairwise_moments(jnp.asarray(h), jnp.asarray(J))
+    assert abs(float(log_z) - want) <= F64_RTOL * abs(want)
+    np.testing.assert_allclose(mean, p @ X, atol=1e-12)
 
 
 # ----- refusal and validation ------------------------------------------------------------------

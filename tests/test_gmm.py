@@ -71,7 +71,12 @@ def test_float32_with_offset_data_does_not_cancel(rng):
     # Data centred at 1e4 with unit spread: naive second moments would lose every digit.
     x = (1e4 + rng.normal(size=(4000, 2)) * np.array([1.0, 0.5])).astype(np.float32)
     params, info = gmm.fit(jax.random.key(0), x, 1, max_iter=5)
+    # Uncentred float32 moments err by eps * 1e8 ~ 12 against variances of 1 and 0.25 (every
+    # digit); centred ones by the rounding of the mean (second order, ~1e-6) and of the sum of
+    # 4000 squares (<= 4000 eps = 4.8e-4 relative even summed in order): 1e-3 tells them apart.
     np.testing.assert_allclose(params.covs[0], np.cov(x.astype(np.float64).T, bias=True), rtol=1e-3, atol=1e-3)
+    # the mean log-likelihood is stationary in the covariance at its maximum (a 1e-3 relative
+    # error moves it by ~1e-6); 1e-4 leaves room for the float32 sum of 4000 log densities
     want = reference.gaussian_log_pdf(x, x.astype(np.float64).mean(0), np.cov(x.astype(np.float64).T, bias=True))
     np.testing.assert_allclose(float(jnp.mean(gmm.log_prob(params, x))), want.mean(), rtol=1e-4)
 
@@ -121,9 +126,33 @@ def test_n_init_keeps_best_restart():
 @pytest.mark.parametrize("init", ["kmeans++", "random", "random_from_data"])
 def test_init_methods_give_valid_parameters(init):
     X = jnp.asarray(_standardised("iris"), jnp.float32)
+    n, K = X.shape[0], 3
+    Xn = np.asarray(X, np.float64)
     for ct in gmm.COVARIANCE_TYPES:
-        params = gmm.initialize(jax.random.key(0), X, 3, ct, init)
+        params = gmm.initialize(jax.random.key(0), X, K, ct, init)
         gmm.validate_params(params, 4)
+        weights, means = np.asarray(params.weights, np.float64), np.asarray(params.means, np.float64)
+        np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-6)
+        assert len(np.unique(np.round(means, 4), axis=0)) == K  # K different components
+        if init == "random_from_data":
+            # K distinct data points, each alone in its component: equal weights, means on the
+            # points (float32 rounding of re-centred data, |x| < 5: ~1e-6), no spread but reg_covar
+            np.testing.assert_allclose(weights, 1.0 / K, rtol=1e-6)
+            nearest = np.abs(Xn[None] - means[:, None]).max(-1)
+            assert np.all(nearest.min(1) < 1e-5) and len(set(nearest.argmin(1))) == K
+            if ct != "tied":  # the tied covariance pools all points (as scikit-learn's)
+                # E[z z^T] - mu mu^T of one point cancels in float32 to a few eps |x|^2
+                covs = np.asarray(params.covs)
+                want = np.broadcast_to(1e-6 * (np.eye(4) if ct == "full" else 1.0), covs.shape)
+                np.testing.assert_allclose(covs, want, atol=8 * np.finfo(np.float32).eps * np.max(Xn**2))
+        elif init == "kmeans++":  # hard assignments: each weight is a count over n
+            counts = weights * n
+            np.testing.assert_allclose(counts, np.round(counts), atol=1e-4)
+        else:  # uniform responsibilities u_k / sum(u): each weight is their mean over n rows,
+            # within 5 standard errors (normal false alarm 6e-7) of 1/K; var(r) by Monte Carlo
+            u = np.random.default_rng(0).random((1_000_000, K))
+            se = (u / u.sum(1, keepdims=True))[:, 0].std() / np.sqrt(n)
+            np.testing.assert_array_less(np.abs(weights - 1.0 / K), 5 * se)
 
 
 def test_kmeans_plus_plus_finds_separated_clusters():
@@ -176,19 +205,27 @@ def test_sample_reproduces_moments():
     num = 200_000
     x, comps = gmm.sample(jax.random.key(0), params, num)
     x, comps = np.asarray(x), np.asarray(comps)
+    # 5 standard errors everywhere: a two-sided normal false alarm of 6e-7 per entry
     assert abs(comps.mean() - 0.8) < 5 * np.sqrt(0.16 / num)
     for k in range(2):
         xs = x[comps == k]
-        se = np.sqrt(np.diag(np.asarray(params.covs[k])) / len(xs))
+        cov = np.asarray(params.covs[k], np.float64)
+        se = np.sqrt(np.diag(cov) / len(xs))
         np.testing.assert_array_less(np.abs(xs.mean(0) - np.asarray(params.means[k])), 5 * se)
-        np.testing.assert_allclose(np.cov(xs.T), params.covs[k], atol=0.03)
+        np.testing.assert_array_less(np.abs(np.cov(xs.T) - cov), 5 * _cov_se(cov, len(xs)))
     for ct, covs in [("diag", jnp.array([[1.0, 4.0], [0.25, 1.0]])), ("spherical", jnp.array([1.0, 4.0])),
                      ("tied", jnp.array([[2.0, 0.3], [0.3, 1.0]]))]:
         p = gmm.GMMParams(params.weights, params.means, covs, ct)
         xs, cs = gmm.sample(jax.random.key(1), p, 50_000)
         sel = np.asarray(xs)[np.asarray(cs) == 1]
         want = {"diag": np.diag([0.25, 1.0]), "spherical": np.eye(2) * 4.0, "tied": np.asarray(covs)}[ct]
-        np.testing.assert_allclose(np.cov(sel.T), want, atol=0.06 * np.abs(want).max())
+        np.testing.assert_array_less(np.abs(np.cov(sel.T) - want), 5 * _cov_se(want, len(sel)))
+
+
+def _cov_se(cov, num):
+    """Standard errors of a Gaussian sample covariance: var(S_ij) = (C_ij^2 + C_ii C_jj) / num."""
+    d = np.diag(cov)
+    return np.sqrt((cov**2 + np.outer(d, d)) / num)
 
 
 def test_sample_weight_equals_repeated_rows(x64):

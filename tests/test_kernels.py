@@ -96,6 +96,23 @@ def test_rbm_kernel_log_z(rng, nv, nh):
     np.testing.assert_allclose(g.W, g_xla.W, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_pallas_kernel_float32_matches_float64_at_n24(rng):
+    # Issue #8: float32 within 2e-6 relative of float64 at N <= 24 (interpret mode on CPU).
+    from tests.conftest import _x64
+
+    n = 24
+    h, J = random_couplings(rng, n, scale=0.4)
+    log_z, mean, corr = enumeration.pairwise_moments(jnp.asarray(h, jnp.float32), jnp.asarray(J, jnp.float32),
+                                                     engine="pallas")
+    with _x64():
+        want = enumeration.pairwise_moments(np.asarray(h), np.asarray(J), engine="xla")
+        want = [np.asarray(a) for a in want]
+    assert abs(float(log_z) - want[0]) <= 2e-6 * abs(want[0])
+    np.testing.assert_allclose(mean, want[1], atol=3e-6)
+    np.testing.assert_allclose(corr, want[2], atol=3e-6)
+
+
 def test_engine_selection():
     assert kernels.resolve("xla") == "xla"
     assert kernels.resolve("pallas") == "pallas"
