@@ -1,0 +1,293 @@
+r"""Ising models on sparse graphs: :class:`GraphIsingParams` and its exact quantities.
+
+Re-exported by :mod:`jaxebm.ising`, whose public functions dispatch here for
+``GraphIsingParams``. The log weight has one coupling per edge of a
+:class:`~jaxebm.graphs.Graph`:
+
+.. math:: \log w(x) = \sum_{e=(i,j)} J_e x_i x_j + \sum_k h_k x_k
+
+(the same model as the dense ``IsingParams`` with :math:`J_{ij} = J_{ji} = J_e`, Eq. (2.28)).
+Exact quantities sum spins out along the graph's elimination order (:mod:`jaxebm.elimination`,
+cost about ``n * 2^width``) or enumerate the dense model, whichever is estimated cheaper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxebm import elimination, enumeration
+from jaxebm._numerics import HIGHEST
+from jaxebm._validation import array, check_finite, check_ndim, check_spins, choice, count, finite_scalar
+from jaxebm.graphs import Graph
+from jaxebm.types import Array, ArrayLike, PRNGKey
+
+__all__ = ["GraphIsingParams", "edwards_anderson", "to_dense"]
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["h", "J"], meta_fields=["graph"])
+@dataclasses.dataclass(frozen=True, eq=False)
+class GraphIsingParams:
+    """Parameters of an Ising model on a sparse graph (a registered pytree; ``graph`` is static).
+
+    Attributes:
+      h: ``Float[Array, "n"]`` fields.
+      J: ``Float[Array, "E"]`` couplings, one per edge in the order of ``graph.edges``.
+      graph: the :class:`~jaxebm.graphs.Graph` (hashable; a static field under ``jit``).
+    """
+
+    h: Array
+    J: Array
+    graph: Graph
+
+    def _replace(self, **changes) -> GraphIsingParams:
+        """A copy with fields replaced (as ``NamedTuple._replace`` for ``IsingParams``)."""
+        return dataclasses.replace(self, **changes)
+
+
+GraphIsingParams.__module__ = "jaxebm.ising"  # its public home
+
+
+def validate(params: GraphIsingParams, name: str = "params") -> GraphIsingParams:
+    """Checks shapes (always) and finiteness (when concrete); returns JAX float arrays."""
+    if not isinstance(params, GraphIsingParams):
+        raise ValueError(f"{name} must be a GraphIsingParams(h, J, graph); got {type(params).__name__}.")
+    graph = params.graph
+    if not isinstance(graph, Graph):
+        raise ValueError(f"{name}.graph must be a jaxebm.graphs.Graph; got {type(graph).__name__}.")
+    h = array(f"{name}.h", params.h, allow_empty=True)
+    J = array(f"{name}.J", params.J, allow_empty=True)
+    if h.shape != (graph.n,):
+        raise ValueError(f"{name}.h must have shape ({graph.n},) (one field per node of the graph); got {h.shape}.")
+    if J.shape != (graph.num_edges,):
+        raise ValueError(f"{name}.J must have shape ({graph.num_edges},) (one coupling per edge, in the order of "
+                         f"graph.edges); got {J.shape}.")
+    dtype = jnp.result_type(h.dtype, J.dtype)
+    h, J = h.astype(dtype), J.astype(dtype)
+    check_finite(f"{name}.h", h)
+    check_finite(f"{name}.J", J)
+    return GraphIsingParams(h, J, graph)
+
+
+def to_dense(params: GraphIsingParams):
+    r"""The same model as a dense ``IsingParams``: :math:`J_{ij} = J_{ji} = J_e` for each edge
+    :math:`e = (i, j)`, zero elsewhere. Differentiable in ``params``."""
+    from jaxebm.ising import IsingParams
+
+    params = validate(params)
+    return IsingParams(params.h, _dense_J(params.J, params.graph))
+
+
+def _dense_J(J, graph: Graph):
+    i, j = graph.edges[:, 0], graph.edges[:, 1]
+    return jnp.zeros((graph.n, graph.n), J.dtype).at[i, j].set(J).at[j, i].set(J)
+
+
+def edwards_anderson(key: PRNGKey, graph: Graph, *, beta: float = 1.0, couplings: str = "gaussian",
+                     field: float = 0.0, dtype=jnp.float32) -> GraphIsingParams:
+    r"""An Edwards-Anderson spin glass on ``graph`` at inverse temperature ``beta``.
+
+    .. math:: J_e = \beta\, g_e, \quad g_e \sim N(0, 1) \ (\text{"gaussian"}) \text{ or }
+              \pm 1 \text{ with probability } 1/2 \ (\text{"pm1"}); \qquad
+              h_k = \beta\, \text{field}\; \xi_k, \quad \xi_k \sim N(0, 1)
+
+    (S. F. Edwards and P. W. Anderson, J. Phys. F 5, 965 (1975)).
+
+    Args:
+      key: PRNG key.
+      graph: the :class:`~jaxebm.graphs.Graph` (e.g. ``graphs.square_lattice(16, 16)``).
+      beta: inverse temperature, >= 0.
+      couplings: "gaussian" or "pm1".
+      field: standard deviation of the random fields (before ``beta``), >= 0.
+      dtype: float dtype of the parameters.
+    """
+    if not isinstance(graph, Graph):
+        raise ValueError(f"graph must be a jaxebm.graphs.Graph; got {type(graph).__name__}.")
+    beta = finite_scalar("beta", beta, minimum=0.0)
+    field = finite_scalar("field", field, minimum=0.0)
+    choice("couplings", couplings, ("gaussian", "pm1"))
+    dtype = enumeration._float_dtype(dtype)
+    key_J, key_h = jax.random.split(key)
+    if couplings == "gaussian":
+        g = jax.random.normal(key_J, (graph.num_edges,), dtype)
+    else:
+        g = jnp.where(jax.random.bernoulli(key_J, 0.5, (graph.num_edges,)), 1.0, -1.0).astype(dtype)
+    h = field * jax.random.normal(key_h, (graph.n,), dtype)
+    return GraphIsingParams(beta * h, beta * g, graph)
+
+
+# ----------------------------------------------------------------------------- log weights
+
+
+def _spins(name: str, x, n: int):
+    x = array(name, x, allow_empty=True)
+    check_ndim(name, x, (1, 2), "spins of shape (n,) or (batch, n)")
+    if x.shape[-1] != n:
+        raise ValueError(f"{name} must have {n} spins in its last axis; got shape {x.shape}.")
+    if x.size == 0:
+        raise ValueError(f"{name} must not be empty; got shape {x.shape}.")
+    check_finite(name, x)
+    check_spins(name, x)
+    return x
+
+
+def _log_weight(h, J, graph: Graph, x):
+    x = x.astype(h.dtype)
+    pairs = x[..., graph.edges[:, 0]] * x[..., graph.edges[:, 1]]
+    return jnp.matmul(pairs, J, precision=HIGHEST) + jnp.matmul(x, h, precision=HIGHEST)
+
+
+def log_weight(params: GraphIsingParams, x: ArrayLike) -> Array:
+    r"""Unnormalised log probability :math:`\sum_e J_e x_i x_j + h^\top x` of ``x`` ((n,) or (batch, n))."""
+    params = validate(params)
+    x = _spins("x", x, params.graph.n)
+    return _log_weight(params.h, params.J, params.graph, x)
+
+
+# ----------------------------------------------------------------------------- exact quantities
+
+
+def use_elimination(graph: Graph, max_seconds: float | None = None, what: str = "params.graph") -> bool:
+    """Whether elimination is estimated cheaper than dense enumeration (of ``2^n`` states).
+    Raises (elimination's message: width, table size, state count, time) when the cheaper
+    one is over ``max_seconds``."""
+    elim = elimination.estimate_seconds(graph)
+    dense = enumeration.estimate_seconds(graph.n) if graph.n <= 63 else math.inf
+    if dense < elim:
+        limit = enumeration.DEFAULT_MAX_SECONDS if max_seconds is None else float(max_seconds)
+        if dense <= limit:
+            return False
+    elimination.check_budget(graph, max_seconds=max_seconds, what=what)
+    return True
+
+
+def log_partition(params: GraphIsingParams, *, max_seconds: float | None = None, mode: str = "auto",
+                  **engine) -> Array:
+    params = validate(params)
+    if use_elimination(params.graph, max_seconds):
+        return elimination.log_partition(params.h, params.J, params.graph, max_seconds=max_seconds, mode=mode)
+    from jaxebm import ising
+
+    return ising.log_partition(ising.IsingParams(params.h, _dense_J(params.J, params.graph)),
+                               max_seconds=max_seconds, **engine)
+
+
+def moments_with_log_z(params: GraphIsingParams, *, max_seconds: float | None = None, mode: str = "auto",
+                       **engine) -> tuple[Array, Array, Array]:
+    """(log Z, mean (n,), edge_corr (E,))."""
+    params = validate(params)
+    graph = params.graph
+    if use_elimination(graph, max_seconds):
+        return elimination.moments(params.h, params.J, graph, max_seconds=max_seconds, mode=mode)
+    h, J, cfg = _dense_config(params, max_seconds, engine)
+    log_z, mean, corr = enumeration._pairwise_moments_jit(h, J, *cfg)
+    return log_z, mean, corr[graph.edges[:, 0], graph.edges[:, 1]]
+
+
+def _dense_config(params, max_seconds, engine):
+    from jaxebm import ising
+
+    return ising._config(ising.IsingParams(params.h, _dense_J(params.J, params.graph)), max_seconds, engine)
+
+
+def moments(params: GraphIsingParams, *, max_seconds: float | None = None, **engine) -> tuple[Array, Array]:
+    _, mean, edge_corr = moments_with_log_z(params, max_seconds=max_seconds, **engine)
+    return mean, edge_corr
+
+
+def data_moments(data: ArrayLike, graph: Graph) -> tuple[Array, Array]:
+    r"""Empirical sufficient statistics on a graph: :math:`\bar x` (n,) and
+    :math:`\overline{x_i x_j}` for each edge (E,)."""
+    from jaxebm import ising
+
+    if not isinstance(graph, Graph):
+        raise ValueError(f"graph must be a jaxebm.graphs.Graph; got {type(graph).__name__}.")
+    data = ising.validate_data(data, graph.n)
+    return _data_moments(data, graph)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _data_moments(data, graph: Graph):
+    pairs = data[:, graph.edges[:, 0]] * data[:, graph.edges[:, 1]]
+    return jnp.mean(data, axis=0), jnp.mean(pairs, axis=0)
+
+
+def _moment_arg(name, value, size):
+    value = array(name, value)
+    if value.shape != (size,):
+        raise ValueError(f"{name} must have shape ({size},); got {value.shape}.")
+    check_finite(name, value)
+    values = np.asarray(value) if not isinstance(value, jax.core.Tracer) else None
+    if values is not None and np.any(np.abs(values) > 1 + 1e-5):
+        raise ValueError(f"{name} must hold moments of +-1 spins, in [-1, 1]; got max |{name}| = "
+                         f"{float(np.max(np.abs(values))):.6g}.")
+    return value
+
+
+def nll_from_moments(params: GraphIsingParams, mean: ArrayLike, edge_corr: ArrayLike, *,
+                     max_seconds: float | None = None, **engine) -> Array:
+    r""":math:`\log Z - h^\top \bar x - \sum_e J_e \overline{x_i x_j}` from the data's sufficient
+    statistics (:func:`data_moments`)."""
+    params = validate(params)
+    graph = params.graph
+    mean = _moment_arg("mean", mean, graph.n).astype(params.h.dtype)
+    edge_corr = _moment_arg("edge_corr", edge_corr, graph.num_edges).astype(params.h.dtype)
+    data_term = jnp.dot(params.h, mean, precision=HIGHEST) + jnp.dot(params.J, edge_corr, precision=HIGHEST)
+    return log_partition(params, max_seconds=max_seconds, **engine) - data_term
+
+
+def log_prob(params: GraphIsingParams, x: ArrayLike, *, max_seconds: float | None = None, **engine) -> Array:
+    params = validate(params)
+    x = _spins("x", x, params.graph.n)
+    return _log_weight(params.h, params.J, params.graph, x) - log_partition(params, max_seconds=max_seconds, **engine)
+
+
+def nll(params: GraphIsingParams, data: ArrayLike, *, max_seconds: float | None = None, **engine) -> Array:
+    params = validate(params)
+    mean, edge_corr = data_moments(data, params.graph)
+    return nll_from_moments(params, mean, edge_corr, max_seconds=max_seconds, **engine)
+
+
+def sample_exact(key: PRNGKey, params: GraphIsingParams, num_samples: int, *,
+                 max_seconds: float | None = None) -> Array:
+    params = validate(params)
+    num_samples = count("num_samples", num_samples)
+    if use_elimination(params.graph, max_seconds) or params.graph.n > 34:
+        return elimination.sample_exact(key, params.h, params.J, params.graph, num_samples, max_seconds=max_seconds)
+    from jaxebm import ising
+
+    return ising.sample_exact(key, ising.IsingParams(params.h, _dense_J(params.J, params.graph)), num_samples,
+                              max_seconds=max_seconds)
+
+
+def fit(optimizer, params: GraphIsingParams, data: ArrayLike, num_steps: int, *, metrics_fn=None,
+        max_seconds: float | None = None, **engine):
+    r"""Exact maximum likelihood on a graph: descent on :math:`\log Z - h^\top \bar x -
+    \sum_e J_e \overline{x_i x_j}`, whose gradient is the moment difference
+    :math:`(\langle x\rangle - \bar x,\ \langle x_i x_j\rangle - \overline{x_i x_j})`."""
+    from jaxebm import optim
+
+    num_steps = count("num_steps", num_steps)
+    if metrics_fn is not None and not callable(metrics_fn):
+        raise ValueError(f"metrics_fn must be callable or None; got {type(metrics_fn).__name__}.")
+    params = validate(params)
+    graph = params.graph
+    use_elimination(graph, max_seconds)  # refuse an over-budget graph before tracing
+    mean, edge_corr = data_moments(data, graph)
+    mean, edge_corr = mean.astype(params.h.dtype), edge_corr.astype(params.h.dtype)
+
+    def metrics(p, value, grads, opt_state):
+        out = {"residual": jnp.maximum(jnp.max(jnp.abs(grads.h)), jnp.max(jnp.abs(grads.J), initial=0.0))}
+        if metrics_fn is not None:
+            out["extra"] = metrics_fn(p, value, grads, opt_state)
+        return out
+
+    def loss(p, m, c):
+        return nll_from_moments(p, m, c, max_seconds=max_seconds, **engine)
+
+    return optim.run(optimizer, loss, params, num_steps, mean, edge_corr, metrics_fn=metrics)

@@ -1,0 +1,501 @@
+"""Graphs (jaxebm.graphs) and exact answers by elimination (jaxebm.elimination), against the
+float64 brute force and closed forms of tests/reference.py."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxebm import elimination, graphs
+from tests import reference as ref
+
+# ----------------------------------------------------------------------------- graphs
+
+
+@pytest.mark.parametrize("rows,cols,periodic", [
+    (3, 4, False), (4, 3, True), (3, 5, (True, False)), (4, 4, (False, True)), (5, 5, True),
+    (2, 5, True), (1, 6, True), (2, 2, True), (1, 1, True), (6, 1, (True, False)),
+])
+def test_square_lattice_edges_against_independent_construction(rows, cols, periodic):
+    g = graphs.square_lattice(rows, cols, periodic=periodic)
+    wrap = (periodic, periodic) if isinstance(periodic, bool) else periodic
+    want = ref.lattice_edges(rows, cols, *wrap)
+    assert g.n == rows * cols
+    assert g.edges.dtype == np.int32 and g.edges.shape == (len(want), 2)
+    assert np.all(g.edges[:, 0] < g.edges[:, 1])
+    np.testing.assert_array_equal(np.array(sorted(map(tuple, g.edges.tolist()))).reshape(-1, 2), want)
+    assert g.num_edges == len(want)
+
+
+def _check_structure(g):
+    e = g.edges
+    deg = np.bincount(e.ravel(), minlength=g.n)
+    np.testing.assert_array_equal(g.degree, deg)
+    assert g.neighbours.shape == g.neighbour_edges.shape == g.neighbour_mask.shape == (g.n, max(1, deg.max(initial=0)))
+    seen = set()
+    for v in range(g.n):
+        nb = g.neighbours[v][g.neighbour_mask[v]]
+        ne = g.neighbour_edges[v][g.neighbour_mask[v]]
+        assert len(nb) == deg[v]
+        for u, k in zip(nb, ne):
+            assert {int(e[k, 0]), int(e[k, 1])} == {v, int(u)}
+            seen.add((v, int(k)))
+        assert np.all(g.neighbours[v][~g.neighbour_mask[v]] == 0)
+        assert np.all(g.neighbour_edges[v][~g.neighbour_mask[v]] == 0)
+    assert len(seen) == 2 * g.num_edges
+    # a proper colouring, and classes that partition the nodes
+    if g.num_edges:
+        assert np.all(g.colours[e[:, 0]] != g.colours[e[:, 1]])
+    assert len(g.colour_classes) == g.num_colours
+    np.testing.assert_array_equal(np.sort(np.concatenate(g.colour_classes)), np.arange(g.n))
+    for c, cls in enumerate(g.colour_classes):
+        assert cls.dtype == np.int32 and np.all(np.diff(cls) > 0) and np.all(g.colours[cls] == c)
+    # elimination order is a permutation and the width matches its definition
+    order = g.elimination_order
+    np.testing.assert_array_equal(np.sort(order), np.arange(g.n))
+    pos = np.empty(g.n, int)
+    pos[order] = np.arange(g.n)
+    sizes = []
+    for t in range(g.n):
+        frontier = [u for u in range(g.n)
+                    if pos[u] < t and any(pos[w] >= t for w in g.neighbours[u][g.neighbour_mask[u]])]
+        sizes.append(len(frontier) + 1)
+    assert g.width == max(sizes) == graphs.width(g)
+    assert elimination.num_slots(g) <= g.width
+
+
+@pytest.mark.parametrize("make", [
+    lambda: graphs.square_lattice(4, 5, periodic=False),
+    lambda: graphs.square_lattice(4, 4, periodic=True),
+    lambda: graphs.square_lattice(3, 5, periodic=True),
+    lambda: graphs.square_lattice(5, 3, periodic=(False, True)),
+    lambda: graphs.erdos_renyi(0, 14, 0.3),
+    lambda: graphs.random_tree(1, 12),
+    lambda: graphs.chain(7, periodic=True),
+    lambda: graphs.from_edges(5, np.zeros((0, 2), int)),
+])
+def test_graph_structure(make):
+    _check_structure(make())
+
+
+def test_lattice_colouring_and_width():
+    g = graphs.square_lattice(6, 8, periodic=False)
+    r, c = np.divmod(np.arange(g.n), 8)
+    np.testing.assert_array_equal(g.colours, (r + c) % 2)
+    assert g.width == 7  # row by row along the shorter side: min(rows, cols) + 1
+    np.testing.assert_array_equal(g.elimination_order, np.arange(48).reshape(6, 8).T.ravel())
+    assert graphs.square_lattice(16, 16, periodic=False).width == 17
+    assert graphs.square_lattice(10, 10, periodic=True).width == 21
+    assert graphs.square_lattice(5, 5, periodic=True).num_colours == 3  # odd torus: not bipartite
+    # a cylinder is cut into its rings: width cols + 1, not 2 * rows + 1
+    assert graphs.square_lattice(9, 5, periodic=(False, True)).width == 6
+    assert graphs.square_lattice(5, 9, periodic=(False, True)).width == 10
+
+
+def test_graph_equality_hash_and_static_use():
+    a = graphs.square_lattice(4, 4, periodic=False)
+    b = graphs.from_edges(16, a.edges[:, ::-1])  # (j, i) pairs are stored as (i, j)
+    assert a == b and hash(a) == hash(b)
+    assert a != graphs.square_lattice(4, 4, periodic=True)
+    f = jax.jit(lambda x, g: x * g.num_edges, static_argnums=1)
+    assert float(f(1.0, a)) == 24.0 and float(f(2.0, b)) == 48.0
+
+
+def test_from_dense_and_from_edges_order():
+    J = np.zeros((5, 5))
+    J[0, 3] = J[3, 0] = 1.0
+    J[1, 2] = J[2, 1] = -2.0
+    J[0, 1] = J[1, 0] = 0.5
+    g = graphs.from_dense(J)
+    np.testing.assert_array_equal(g.edges, [[0, 1], [0, 3], [1, 2]])  # upper triangle, row-major
+    g2 = graphs.from_edges(4, [[3, 1], [0, 2]])
+    np.testing.assert_array_equal(g2.edges, [[1, 3], [0, 2]])  # order kept, pairs swapped
+
+
+@pytest.mark.parametrize("n,edges,match", [
+    (4, [[0, 0]], "self-loops"),
+    (4, [[0, 1], [1, 0]], "duplicates"),
+    (4, [[0, 1], [2, 3], [0, 1]], "duplicates"),
+    (4, [[0, 4]], r"\[0, 3\]"),
+    (4, [[-1, 2]], r"\[0, 3\]"),
+    (4, [[0.5, 1]], "integer"),
+    (4, [0, 1], r"\(E, 2\)"),
+    (4, [[0, 1, 2]], r"\(E, 2\)"),
+    (4, [["a", "b"]], "integer"),
+    (0, [[0, 1]], "n must be"),
+    (2.5, [[0, 1]], "n must be"),
+])
+def test_from_edges_refuses_bad_input(n, edges, match):
+    with pytest.raises(ValueError, match=match):
+        graphs.from_edges(n, edges)
+
+
+def test_other_constructors_refuse_bad_input():
+    with pytest.raises(ValueError, match="symmetric"):
+        graphs.from_dense(np.triu(np.ones((3, 3)), 1))
+    with pytest.raises(ValueError, match="square"):
+        graphs.from_dense(np.ones((2, 3)))
+    with pytest.raises(ValueError, match="periodic"):
+        graphs.square_lattice(3, 3, periodic="yes")
+    with pytest.raises(ValueError, match="rows"):
+        graphs.square_lattice(0, 3)
+    with pytest.raises(ValueError, match="graph must be"):
+        graphs.width("not a graph")
+
+
+# ----------------------------------------------------------------------------- exact answers
+
+
+SMALL_GRAPHS = {
+    "open 3x4": lambda: graphs.square_lattice(3, 4, periodic=False),
+    "cylinder rows 4x3": lambda: graphs.square_lattice(4, 3, periodic=(True, False)),
+    "cylinder cols 3x5": lambda: graphs.square_lattice(3, 5, periodic=(False, True)),
+    "torus 4x4": lambda: graphs.square_lattice(4, 4, periodic=True),
+    "torus 3x5": lambda: graphs.square_lattice(3, 5, periodic=True),
+    "strip 2x6 periodic": lambda: graphs.square_lattice(2, 6, periodic=True),
+    "random n=14": lambda: graphs.erdos_renyi(3, 14, 0.25),
+    "random n=16": lambda: graphs.erdos_renyi(4, 16, 0.2),
+    "tree n=13": lambda: graphs.random_tree(5, 13),
+}
+
+
+def _model(g, rng, scale=1.0, field=0.5):
+    return rng.normal(scale=field, size=g.n), rng.normal(scale=scale, size=g.num_edges)
+
+
+@pytest.mark.parametrize("name,mode", [(name, "linear") for name in SMALL_GRAPHS]
+                         + [(name, "log") for name in ("torus 3x5", "cylinder rows 4x3", "random n=14")])
+def test_exact_against_brute_force_float32(name, mode, rng):
+    g = SMALL_GRAPHS[name]()
+    h, J = _model(g, rng)
+    log_z, mean, corr, _ = ref.graph_exact(h, J, g.edges)
+    got_z, got_mean, got_corr = elimination.moments(h.astype(np.float32), J.astype(np.float32), g, mode=mode)
+    assert got_z.dtype == jnp.float32 and got_mean.shape == (g.n,) and got_corr.shape == (g.num_edges,)
+    assert abs(float(got_z) - log_z) <= 2e-6 * abs(log_z)
+    np.testing.assert_allclose(got_mean, mean, atol=3e-6)
+    np.testing.assert_allclose(got_corr, corr, atol=3e-6)
+
+
+@pytest.mark.parametrize("name,modes", [("torus 4x4", ("linear",)), ("cylinder cols 3x5", ("linear", "log")),
+                                        ("random n=16", ("linear",))])
+def test_exact_against_brute_force_float64(name, modes, rng, x64):
+    g = SMALL_GRAPHS[name]()
+    h, J = _model(g, rng, scale=1.5)
+    log_z, mean, corr, _ = ref.graph_exact(h, J, g.edges)
+    for mode in modes:
+        got_z, got_mean, got_corr = elimination.moments(h, J, g, mode=mode)
+        assert got_z.dtype == jnp.float64
+        assert abs(float(got_z) - log_z) <= 1e-12 * abs(log_z)
+        np.testing.assert_allclose(got_mean, mean, atol=1e-12)
+        np.testing.assert_allclose(got_corr, corr, atol=1e-12)
+
+
+def test_scale_blocks_are_exercised(monkeypatch, rng):
+    # Blocks of 2 slots: most steps sum out a spin that indexes the blocks (the merge path).
+    monkeypatch.setattr(elimination, "_BLOCK_BITS", 2)
+    for g in (graphs.square_lattice(4, 4, periodic=True), graphs.erdos_renyi(7, 14, 0.3)):
+        h, J = _model(g, rng, scale=1.5)
+        log_z, mean, corr, _ = ref.graph_exact(h, J, g.edges)
+        assert elimination._plan(g).block_bits == 2
+        got_z, got_mean, got_corr = elimination.moments(h.astype(np.float32), J.astype(np.float32), g, mode="linear")
+        assert abs(float(got_z) - log_z) <= 2e-6 * abs(log_z)
+        np.testing.assert_allclose(got_mean, mean, atol=3e-6)
+        np.testing.assert_allclose(got_corr, corr, atol=3e-6)
+
+
+def test_gradient_of_log_partition_is_the_moments(rng):
+    g = graphs.square_lattice(3, 4, periodic=(True, False))
+    h, J = _model(g, rng)
+    _, mean, corr, _ = ref.graph_exact(h, J, g.edges)
+    gh, gJ = jax.grad(lambda a, b: elimination.log_partition(a, b, g), argnums=(0, 1))(
+        jnp.asarray(h, jnp.float32), jnp.asarray(J, jnp.float32))
+    np.testing.assert_allclose(gh, mean, atol=3e-6)
+    np.testing.assert_allclose(gJ, corr, atol=3e-6)
+    # and under jit + vmap over a batch of models (the traced "auto" path)
+    hs = np.stack([h, -h]).astype(np.float32)
+    batched = jax.jit(jax.vmap(lambda a: elimination.log_partition(a, J.astype(np.float32), g)))(hs)
+    np.testing.assert_allclose(batched, [ref.graph_exact(x, J, g.edges)[0] for x in (h, -h)], rtol=2e-6)
+
+
+def test_float32_agrees_with_float64_on_larger_lattices(rng):
+    for g in (graphs.square_lattice(11, 11, periodic=False), graphs.square_lattice(5, 5, periodic=True)):
+        h, J = _model(g, rng, field=0.2)
+        lz32 = float(elimination.log_partition(h.astype(np.float32), J.astype(np.float32), g))
+        with jax.enable_x64(True):
+            lz64 = float(elimination.log_partition(h, J, g, mode="log"))
+            lz64_linear = float(elimination.log_partition(h, J, g, mode="linear"))
+        assert abs(lz64 - lz64_linear) <= 1e-12 * abs(lz64)
+        assert abs(lz32 - lz64) <= 1e-6 * abs(lz64)
+
+
+@pytest.mark.parametrize("K", [0.2, 0.4406868, 0.7])
+def test_torus_against_kaufman(K, x64):
+    g = graphs.square_lattice(10, 10, periodic=True)
+    want = ref.kaufman_log_z(10, 10, K)
+    got = float(elimination.log_partition(np.zeros(g.n), np.full(g.num_edges, K), g))
+    assert abs(got - want) <= 1e-12 * abs(want)
+
+
+def test_torus_against_kaufman_float32():
+    g = graphs.square_lattice(6, 7, periodic=True)
+    want = ref.kaufman_log_z(6, 7, 0.44)
+    got = float(elimination.log_partition(np.zeros(g.n, np.float32), np.full(g.num_edges, 0.44, np.float32), g))
+    assert abs(got - want) <= 1e-6 * abs(want)
+
+
+def test_open_chain_against_transfer_matrix(rng, x64):
+    n = 40
+    h, c = rng.normal(size=n), rng.normal(size=n - 1)
+    log_z, mean, nn = ref.chain_log_z_and_moments(h, c)
+    for g in (graphs.chain(n), graphs.square_lattice(1, n, periodic=False),
+              graphs.square_lattice(n, 1, periodic=False)):
+        got_z, got_mean, got_corr = elimination.moments(h, c, g)
+        assert abs(float(got_z) - log_z) <= 1e-12 * abs(log_z)
+        np.testing.assert_allclose(got_mean, mean, atol=1e-12)
+        np.testing.assert_allclose(got_corr, nn, atol=1e-12)
+
+
+def test_zero_field_trees(rng, x64):
+    for seed in range(1):
+        g = graphs.random_tree(seed, 24)
+        J = rng.normal(scale=2.0, size=g.num_edges)
+        got = float(elimination.log_partition(np.zeros(g.n), J, g))
+        want = ref.forest_log_z(g.n, J)
+        assert abs(got - want) <= 1e-12 * abs(want)
+        # zero-field tree: <x_i x_j> = tanh J_e on every edge
+        _, mean, corr = elimination.moments(np.zeros(g.n), J, g)
+        np.testing.assert_allclose(mean, 0.0, atol=1e-12)
+        np.testing.assert_allclose(corr, np.tanh(J), atol=1e-12)
+
+
+def test_low_temperature_switches_to_log_space(rng):
+    g = graphs.square_lattice(8, 8, periodic=False)
+    h, J = _model(g, rng, scale=8.0, field=0.5)  # a table spanning far more than 2^100
+    h, J = h.astype(np.float32), J.astype(np.float32)
+    plan = elimination._plan(g)
+    _, flag = elimination._compiled(plan, "log_z", "linear")(jnp.asarray(h), jnp.asarray(J))
+    assert bool(flag)
+    auto = float(elimination.log_partition(h, J, g))
+    log = float(elimination.log_partition(h, J, g, mode="log"))
+    assert auto == log
+    with jax.enable_x64(True):
+        want = float(elimination.log_partition(h.astype(np.float64), J.astype(np.float64), g, mode="log"))
+    assert abs(auto - want) <= 1e-6 * abs(want)
+
+
+def test_compiles_once(rng):
+    g = graphs.square_lattice(5, 6, periodic=(True, False))
+    plan = elimination._plan(g)
+    h, J = _model(g, rng)
+    for scale in (1.0, 0.5, 0.25):
+        elimination.log_partition((scale * h).astype(np.float32), (scale * J).astype(np.float32), g, mode="linear")
+        elimination.moments((scale * h).astype(np.float32), (scale * J).astype(np.float32), g, mode="linear")
+    assert elimination._compiled(plan, "log_z", "linear")._cache_size() == 1
+    assert elimination._compiled(plan, "moments", "linear")._cache_size() == 1
+    # an equal graph built another way reuses the plan and the compiled function
+    same = graphs.square_lattice(5, 6, periodic=(True, False))
+    assert elimination._plan(same) is plan
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def _chi_square_threshold(dof, false_alarm=1e-6):
+    from scipy.stats import chi2
+
+    return chi2.isf(false_alarm, dof)
+
+
+@pytest.mark.parametrize("g,mode", [
+    (graphs.square_lattice(3, 3, periodic=True), "linear"),  # lattice plan with a fixed first line
+    (graphs.square_lattice(3, 4, periodic=False), "log"),
+    (graphs.erdos_renyi(11, 10, 0.35), "auto"),  # generic plan
+])
+def test_sample_exact_histogram(g, mode, rng):
+    h, J = _model(g, rng, scale=0.8, field=0.4)
+    _, _, _, p = ref.graph_exact(h, J, g.edges)
+    num = 40_000
+    x = np.asarray(elimination.sample_exact(jax.random.key(3), h.astype(np.float32), J.astype(np.float32), g, num,
+                                            mode=mode))
+    assert x.shape == (num, g.n) and set(np.unique(x)) <= {-1.0, 1.0}
+    codes = ((x > 0).astype(np.int64) << np.arange(g.n)).sum(axis=1)  # bit k = spin k, as ref.all_states
+    counts = np.bincount(codes, minlength=2**g.n)
+    expected = num * p
+    # Pool the states expected fewer than 5 times into one bin; Pearson chi-square at a
+    # false-alarm probability of 1e-6.
+    big = expected >= 5
+    obs = np.append(counts[big], counts[~big].sum())
+    exp = np.append(expected[big], expected[~big].sum())
+    stat = np.sum((obs - exp) ** 2 / np.maximum(exp, 1e-300))
+    assert stat < _chi_square_threshold(len(obs) - 1), stat
+
+
+def test_sample_exact_moments_on_larger_lattice(rng):
+    g = graphs.square_lattice(6, 6, periodic=True)
+    h, J = _model(g, rng, scale=0.5, field=0.2)
+    h, J = h.astype(np.float32), J.astype(np.float32)
+    _, mean, corr = elimination.moments(h, J, g)
+    num = 20_000
+    x = np.asarray(elimination.sample_exact(jax.random.key(0), h, J, g, num))
+    # Each estimate has standard deviation <= 1/sqrt(num); 5.5 sigma over 108 statistics
+    # (Bonferroni: false alarm < 1e-5).
+    tol = 5.5 / math.sqrt(num)
+    np.testing.assert_allclose(x.mean(0), mean, atol=tol)
+    np.testing.assert_allclose((x[:, g.edges[:, 0]] * x[:, g.edges[:, 1]]).mean(0), corr, atol=tol)
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+def test_refuses_bad_parameters():
+    g = graphs.square_lattice(3, 3, periodic=False)
+    with pytest.raises(ValueError, match=r"J must have shape \(12,\)"):
+        elimination.log_partition(np.zeros(9), np.zeros(11), g)
+    with pytest.raises(ValueError, match=r"h must have shape \(9,\)"):
+        elimination.log_partition(np.zeros(8), np.zeros(12), g)
+    with pytest.raises(ValueError, match="NaN"):
+        elimination.log_partition(np.zeros(9), np.full(12, np.nan), g)
+    with pytest.raises(ValueError, match="graph must be"):
+        elimination.log_partition(np.zeros(9), np.zeros(12), "3x3")
+    with pytest.raises(ValueError, match="mode"):
+        elimination.log_partition(np.zeros(9), np.zeros(12), g, mode="fast")
+    with pytest.raises(ValueError, match="num_samples"):
+        elimination.sample_exact(jax.random.key(0), np.zeros(9), np.zeros(12), g, 0)
+
+
+def test_refuses_over_budget():
+    g = graphs.square_lattice(40, 40, periodic=False)  # width 41, 2^40 table entries
+    with pytest.raises(ValueError) as err:
+        elimination.log_partition(np.zeros(g.n), np.zeros(g.num_edges), g)
+    msg = str(err.value)
+    assert "width 41" in msg and "2^40" in msg and "states" in msg and "estimated" in msg
+    g = graphs.square_lattice(18, 18, periodic=False)
+    with pytest.raises(ValueError, match=r"max_seconds=1e-06"):
+        elimination.log_partition(np.zeros(g.n), np.zeros(g.num_edges), g, max_seconds=1e-6)
+    dense = graphs.from_dense(np.ones((40, 40)) - np.eye(40))  # complete graph: width 40
+    with pytest.raises(ValueError, match="width 40"):
+        elimination.moments(np.zeros(40), np.zeros(dense.num_edges), dense)
+
+
+# ----------------------------------------------------------------------------- slow
+
+
+@pytest.mark.slow
+def test_24x24_open_lattice_float32_against_float64():
+    g = graphs.square_lattice(24, 24, periodic=False)
+    rng = np.random.default_rng(1)
+    h, J = _model(g, rng, scale=1.0, field=0.1)
+    lz32 = float(elimination.log_partition(h.astype(np.float32), J.astype(np.float32), g))
+    with jax.enable_x64(True):
+        lz64 = float(elimination.log_partition(h, J, g))
+    assert abs(lz32 - lz64) <= 1e-6 * abs(lz64)
+
+
+# ----------------------------------------------------------------------------- ising on graphs
+
+
+def _graph_params(g, rng, scale=0.8, field=0.4, dtype=np.float32):
+    from jaxebm import ising
+
+    h, J = _model(g, rng, scale=scale, field=field)
+    return ising.GraphIsingParams(jnp.asarray(h, dtype), jnp.asarray(J, dtype), g), h, J
+
+
+@pytest.mark.parametrize("g,eliminate", [(graphs.from_dense(np.ones((10, 10)) - np.eye(10)), False),  # K_10: enumerate
+                                         (graphs.square_lattice(5, 6, periodic=False), True)])  # n = 30: eliminate
+def test_ising_functions_accept_graph_params(g, eliminate, rng):
+    from jaxebm import _graph_ising, ising
+
+    assert _graph_ising.use_elimination(g) == eliminate
+
+    params, h, J = _graph_params(g, rng)
+    dense = ising.to_dense(params)
+    assert isinstance(dense, ising.IsingParams) and dense.J.shape == (g.n, g.n)
+    np.testing.assert_array_equal(np.asarray(dense.J)[g.edges[:, 0], g.edges[:, 1]], J.astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(dense.J), np.asarray(dense.J).T)
+    x = np.where(rng.random((5, g.n)) < 0.5, -1.0, 1.0)
+    want_lw = ref.graph_log_weights(h.astype(np.float32), J.astype(np.float32), g.edges, x)
+    np.testing.assert_allclose(ising.log_weight(params, x), want_lw, rtol=1e-5)
+    np.testing.assert_allclose(ising.energy(params, x[0]), -want_lw[0], rtol=1e-5)
+    log_z = ising.log_partition(params)
+    mean, edge_corr = ising.moments(params)
+    assert mean.shape == (g.n,) and edge_corr.shape == (g.num_edges,)
+    lz, m, c = elimination.moments(h.astype(np.float32), J.astype(np.float32), g)
+    assert abs(float(log_z) - float(lz)) <= 2e-6 * abs(float(lz))
+    np.testing.assert_allclose(mean, m, atol=3e-6)
+    np.testing.assert_allclose(edge_corr, c, atol=3e-6)
+    if g.n <= 16:
+        want_z, want_mean, want_corr, _ = ref.graph_exact(h, J, g.edges)
+        assert abs(float(log_z) - want_z) <= 2e-6 * abs(want_z)
+        np.testing.assert_allclose(mean, want_mean, atol=3e-6)
+        np.testing.assert_allclose(edge_corr, want_corr, atol=3e-6)
+    np.testing.assert_allclose(ising.log_prob(params, x), want_lw - float(log_z), rtol=1e-5, atol=1e-4)
+    data = np.asarray(ising.sample_exact(jax.random.key(1), params, 64))
+    assert data.shape == (64, g.n)
+    want_nll = float(log_z) - ref.graph_log_weights(h.astype(np.float32), J.astype(np.float32), g.edges, data).mean()
+    assert abs(float(ising.nll(params, data)) - want_nll) <= 1e-5 * abs(want_nll)
+    m_d, c_d = ising.data_moments(data, g)
+    np.testing.assert_allclose(c_d, (data[:, g.edges[:, 0]] * data[:, g.edges[:, 1]]).mean(0), atol=1e-6)
+    assert abs(float(ising.nll_from_moments(params, m_d, c_d)) - want_nll) <= 1e-5 * abs(want_nll)
+    # jit with the graph as a static field: gradients are the exact moment differences
+    grads = jax.jit(jax.grad(ising.nll))(params, data)
+    assert isinstance(grads, ising.GraphIsingParams) and grads.graph == g
+    np.testing.assert_allclose(grads.h, mean - m_d, atol=2e-5)
+    np.testing.assert_allclose(grads.J, edge_corr - c_d, atol=2e-5)
+
+
+def test_graph_params_validation():
+    from jaxebm import ising
+
+    g = graphs.square_lattice(3, 3, periodic=False)
+    with pytest.raises(ValueError, match=r"params.J must have shape \(12,\)"):
+        ising.log_partition(ising.GraphIsingParams(jnp.zeros(9), jnp.zeros(13), g))
+    with pytest.raises(ValueError, match=r"params.h must have shape \(9,\)"):
+        ising.validate_params(ising.GraphIsingParams(jnp.zeros(8), jnp.zeros(12), g))
+    with pytest.raises(ValueError, match="NaN"):
+        ising.moments(ising.GraphIsingParams(jnp.zeros(9), jnp.full(12, jnp.nan), g))
+    with pytest.raises(ValueError, match="graph"):
+        ising.log_partition(ising.GraphIsingParams(jnp.zeros(9), jnp.zeros(12), "3x3"))
+    big = graphs.square_lattice(40, 40, periodic=False)
+    with pytest.raises(ValueError, match="width 41"):
+        ising.log_partition(ising.GraphIsingParams(jnp.zeros(big.n), jnp.zeros(big.num_edges), big))
+    with pytest.raises(ValueError, match="couplings"):
+        ising.edwards_anderson(jax.random.key(0), g, couplings="uniform")
+    with pytest.raises(ValueError, match="beta"):
+        ising.edwards_anderson(jax.random.key(0), g, beta=-1.0)
+
+
+def test_edwards_anderson():
+    from jaxebm import ising
+
+    g = graphs.square_lattice(30, 30, periodic=True)
+    p = ising.edwards_anderson(jax.random.key(0), g, beta=0.5, couplings="pm1", field=0.0)
+    assert p.J.shape == (g.num_edges,) and p.J.dtype == jnp.float32
+    assert set(np.unique(np.asarray(p.J)).tolist()) == {-0.5, 0.5}
+    np.testing.assert_array_equal(p.h, 0.0)
+    q = ising.edwards_anderson(jax.random.key(1), g, beta=2.0, field=0.1)
+    # Gaussian couplings of standard deviation beta; fields of standard deviation beta * field
+    # (1800 and 900 draws: the sample std is within 6 standard errors)
+    assert abs(float(jnp.std(q.J)) - 2.0) < 6 * 2.0 / math.sqrt(2 * g.num_edges)
+    assert abs(float(jnp.std(q.h)) - 0.2) < 6 * 0.2 / math.sqrt(2 * g.n)
+
+
+def test_fit_on_graph_matches_moments(rng):
+    import optax
+
+    from jaxebm import ising
+
+    g = graphs.square_lattice(3, 4, periodic=False)
+    truth, _, _ = _graph_params(g, rng, scale=0.5, field=0.3)
+    data = ising.sample_exact(jax.random.key(2), truth, 2000)
+    start = ising.GraphIsingParams(jnp.zeros(g.n), jnp.zeros(g.num_edges), g)
+    fitted, _, history = ising.fit(optax.lbfgs(), start, data, 40)
+    assert isinstance(fitted, ising.GraphIsingParams) and fitted.graph == g
+    mean, edge_corr = ising.moments(fitted)
+    m_d, c_d = ising.data_moments(data, g)
+    # maximum likelihood matches the data's sufficient statistics (Eq. (2.31)-(2.32))
+    np.testing.assert_allclose(mean, m_d, atol=1e-4)
+    np.testing.assert_allclose(edge_corr, c_d, atol=1e-4)
+    assert float(history.loss[-1]) <= float(history.loss[0])
