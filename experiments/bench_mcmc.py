@@ -37,7 +37,7 @@ def numpy_sweeps(h, J, x, sweeps, rng):
 def jax_rate(params, chains, sweeps, repeats):
     algo = mcmc.metropolis(params)
     n = params.h.shape[0]
-    x0 = jnp.where(jax.random.bernoulli(jax.random.key(0), 0.5, (chains, n)), 1.0, -1.0)
+    x0 = jax.random.rademacher(jax.random.key(0), (chains, n), jnp.float32)
     states = jax.vmap(algo.init)(x0)
     run = jax.jit(jax.vmap(lambda k, s: mcmc.run_chain(k, algo, s, sweeps, trace_fn=lambda s, i: ())[0]))
     keys = jax.random.split(jax.random.key(1), chains)

@@ -37,7 +37,7 @@ def gibbs_throughput(nv, nh, chains, sweeps, precision, repeats):
 
         return lax.scan(body, x, jax.random.split(key, sweeps))[0]
 
-    x0 = jnp.where(jax.random.uniform(jax.random.key(1), (chains, nv)) < 0.5, 1.0, -1.0)
+    x0 = jax.random.rademacher(jax.random.key(1), (chains, nv), jnp.float32)
     _, seconds = common.timed(lambda: run(jax.random.key(2), x0), repeats)
     return chains * sweeps * (nv + nh) / seconds, seconds
 
@@ -63,7 +63,7 @@ def gibbs_bounds(nv, nh, chains, sweeps, repeats):
 
         return lax.scan(body, x, jax.random.split(key, sweeps))[0]
 
-    x0 = jnp.where(jax.random.uniform(jax.random.key(1), (chains, nv)) < 0.5, 1.0, -1.0)
+    x0 = jax.random.rademacher(jax.random.key(1), (chains, nv), jnp.float32)
     flips = chains * sweeps * (nv + nh)
     out = {}
     for name, fn in (("matmuls_and_tanh_only", no_randoms), ("uniforms_only", randoms_only)):

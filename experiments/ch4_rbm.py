@@ -148,7 +148,7 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
 
     # samples from the best model: long block-Gibbs chains
     _, nh_best, method_best, params_best = best
-    chains = jnp.where(jax.random.uniform(jax.random.key(seed + 1), (16, 64)) < 0.5, 1.0, -1.0)
+    chains = jax.random.rademacher(jax.random.key(seed + 1), (16, 64), jnp.float32)
 
     def sweep(x, k):
         return rbm.gibbs_step(k, params_best, x)[0], None

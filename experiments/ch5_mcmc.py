@@ -37,7 +37,7 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
     params = ising.sherrington_kirkpatrick(k_model, n, beta=0.8, field_std=0.2)
     mean_exact, corr_exact = (np.asarray(a) for a in ising.moments(params))
     iu = np.triu_indices(n, 1)
-    x0 = jnp.where(jax.random.bernoulli(k_x0, 0.5, (chains, n)), 1.0, -1.0)
+    x0 = jax.random.rademacher(k_x0, (chains, n), jnp.float32)
     metrics, traces = {"n": n, "chains": chains, "steps": steps}, {}
     for name, algo in [("Metropolis", mcmc.metropolis(params)), ("heat bath", mcmc.heat_bath(params))]:
         run_all = jax.jit(jax.vmap(lambda k, s, algo=algo: mcmc.run_chain(k, algo, s, steps,

@@ -69,7 +69,7 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
     exact_overlap = exact_histogram(params, x_star)
     _, exact_corr = (np.asarray(a) for a in ising.moments(params))
     iu = np.triu_indices(n, 1)
-    x0 = jnp.where(jax.random.bernoulli(k_single, 0.5, (n,)), 1.0, -1.0)
+    x0 = jax.random.rademacher(k_single, (n,), jnp.float32)
 
     # a single Metropolis chain
     single = mcmc.metropolis(params)
@@ -247,7 +247,7 @@ def _learning(key, smoke):
     betas64 = mcmc.geometric_ladder(0.3, 1.0, 6)
     algo = mcmc.replica_exchange(lambda b: mcmc.heat_bath(truth64, b), betas64)
     chains, sweeps = (64, 200) if smoke else (256, 1000)
-    x0 = jnp.where(jax.random.bernoulli(k5, 0.5, (chains, 6, n64)), 1.0, -1.0)
+    x0 = jax.random.rademacher(k5, (chains, 6, n64), jnp.float32)
     _, samples = jax.jit(jax.vmap(lambda k, s: mcmc.run_chain(k, algo, s, sweeps, thin=10,
                                                               trace_fn=lambda s, i: s.states.x[-1])))(
         jax.random.split(k5, chains), jax.vmap(algo.init)(x0))

@@ -259,7 +259,7 @@ def _max_eigenvalue(consts, params, args, v0, lam0, tol, *, traced, method, whic
     dtype = flat.dtype
 
     def matvec(v):
-        return ravel_pytree(jax.jvp(jax.value_and_grad(f), (params,), (unravel(v),))[1][1])[0]
+        return ravel_pytree(hvp(f, params, unravel(v)))[0]
 
     v0 = v0 / jnp.linalg.norm(v0)
     nan = jnp.array(jnp.nan, dtype)
@@ -332,10 +332,9 @@ def surrogate(loss_fn: Callable, params0: PyTree, eta: float, *args) -> Callable
     value0, grad0 = jax.value_and_grad(f)(params0)
 
     def f_eta(params):
-        diff = jax.tree_util.tree_map(lambda a, b: a - b, params, params0)
-        linear = sum(jnp.vdot(g, d) for g, d in zip(jax.tree_util.tree_leaves(grad0),
-                                                   jax.tree_util.tree_leaves(diff)))
-        quad = sum(jnp.vdot(d, d) for d in jax.tree_util.tree_leaves(diff))
+        diff = optax.tree_utils.tree_sub(params, params0)
+        linear = optax.tree_utils.tree_vdot(grad0, diff)
+        quad = optax.tree_utils.tree_vdot(diff, diff)
         return value0 + linear + quad / (2.0 * eta)
 
     return f_eta
@@ -436,7 +435,7 @@ def _warm_power(value_fn, params, vector, eigenvalue, max_iters, tol):
         raise ValueError(f"value_fn must return a scalar; it returned shape {out.shape}.")
 
     def matvec(u):
-        return ravel_pytree(jax.jvp(jax.value_and_grad(value_fn), (params,), (unravel(u),))[1][1])[0]
+        return ravel_pytree(hvp(value_fn, params, unravel(u)))[0]
 
     v0 = ravel_pytree(vector)[0].astype(flat.dtype)
     v0 = v0 / jnp.linalg.norm(v0)

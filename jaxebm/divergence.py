@@ -14,6 +14,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.special import entr, rel_entr
 
 from jaxebm._validation import array, check_finite, check_ndim, distribution, is_concrete, spins
 from jaxebm.types import Array, ArrayLike
@@ -49,8 +50,7 @@ def entropy(p: ArrayLike, axis: int = -1) -> Array:
 
 @functools.partial(jax.jit, static_argnums=(1,))
 def _entropy(p, axis):
-    safe = jnp.where(p > 0, p, 1.0)
-    return -jnp.sum(jnp.where(p > 0, p * jnp.log(safe), 0.0), axis=axis)
+    return jnp.sum(entr(p), axis=axis)
 
 
 def kl(p: ArrayLike, q: ArrayLike, axis: int = -1) -> Array:
@@ -72,9 +72,7 @@ def kl(p: ArrayLike, q: ArrayLike, axis: int = -1) -> Array:
 
 @functools.partial(jax.jit, static_argnums=(2,))
 def _kl(p, q, axis):
-    safe_p = jnp.where(p > 0, p, 1.0)
-    terms = jnp.where(p > 0, p * (jnp.log(safe_p) - jnp.log(q)), 0.0)
-    return jnp.sum(terms, axis=axis)
+    return jnp.sum(rel_entr(p, q), axis=axis)  # p ln(p/q); 0 where p = 0, inf where q = 0 < p
 
 
 def _log_distribution(name: str, log_p, axis: int):

@@ -55,6 +55,7 @@ import numpy as np
 from jax import lax
 
 from jaxebm import _cache
+from jaxebm._numerics import HIGHEST
 from jaxebm._validation import (
     array,
     check_finite,
@@ -65,8 +66,6 @@ from jaxebm._validation import (
     positive_scalar,
 )
 from jaxebm.types import Array, ArrayLike, PyTree
-
-HIGHEST = lax.Precision.HIGHEST
 
 #: Default limit on the estimated wall time of one enumeration, in seconds.
 DEFAULT_MAX_SECONDS = 600.0

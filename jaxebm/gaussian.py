@@ -16,13 +16,11 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from jax.scipy.linalg import cho_solve, solve_triangular
 
+from jaxebm._numerics import HIGHEST
 from jaxebm._validation import array, check_finite, check_ndim, is_concrete
 from jaxebm.types import Array, ArrayLike
-
-HIGHEST = lax.Precision.HIGHEST
 
 __all__ = [
     "kl",

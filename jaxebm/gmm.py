@@ -55,7 +55,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.scipy.linalg import solve_triangular
+from jax.scipy.special import entr
 
+from jaxebm._numerics import HIGHEST
 from jaxebm._validation import (
     ConvergenceWarning,
     array,
@@ -71,7 +73,6 @@ from jaxebm._validation import (
 )
 from jaxebm.types import Array, ArrayLike, PRNGKey
 
-HIGHEST = lax.Precision.HIGHEST
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
 __all__ = [
@@ -589,9 +590,8 @@ def _q(params, params_old, x):
 
 
 def _elbo(params, resp, x):
-    joint = _components(params, x)
-    safe = jnp.where(resp > 0, resp, 1.0)
-    return jnp.mean(jnp.sum(jnp.where(resp > 0, resp * (joint - jnp.log(safe)), 0.0), axis=-1))
+    joint = _components(params, x)  # -inf where a weight is 0, so the where keeps 0 * -inf out
+    return jnp.mean(jnp.sum(jnp.where(resp > 0, resp * joint, 0.0) + entr(resp), axis=-1))
 
 
 _jit_q = jax.jit(_q)

@@ -28,7 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxebm import enumeration
+from jaxebm import _graph_ising, enumeration
+from jaxebm._graph_ising import GraphIsingParams, edwards_anderson, to_dense
+from jaxebm._numerics import HIGHEST
 from jaxebm._validation import (
     array,
     check_finite,
@@ -41,10 +43,11 @@ from jaxebm._validation import (
 )
 from jaxebm.types import Array, ArrayLike, PRNGKey
 
-HIGHEST = lax.Precision.HIGHEST
-
 __all__ = [
+    "GraphIsingParams",
     "IsingParams",
+    "edwards_anderson",
+    "to_dense",
     "fisher",
     "fit",
     "from_flat",
@@ -88,10 +91,14 @@ def validate_params(params: IsingParams, name: str = "params") -> IsingParams:
     (always, also at trace time), and, whenever the arrays are concrete, on NaN/inf,
     an asymmetric ``J`` or a non-zero diagonal. Under ``jit`` values are not checked (they
     are tracers): call this eagerly on the inputs first to check a jitted computation.
-    Every public function of this module calls it at its entry.
+    Every public function of this module calls it at its entry. A
+    :class:`GraphIsingParams` is checked for shapes ``h (n,)``, ``J (E,)`` and finiteness.
     """
+    if isinstance(params, GraphIsingParams):
+        return _graph_ising.validate(params, name)
     if not isinstance(params, IsingParams):
-        raise ValueError(f"{name} must be an IsingParams(h, J); got {type(params).__name__}.")
+        raise ValueError(f"{name} must be an IsingParams(h, J) or a GraphIsingParams(h, J, graph); got "
+                         f"{type(params).__name__}.")
     h = array(f"{name}.h", params.h, allow_empty=True)
     J = array(f"{name}.J", params.J, allow_empty=True)
     check_ndim(f"{name}.h", h, 1, "a vector of fields of shape (n,)")
@@ -143,8 +150,11 @@ def log_weight(params: IsingParams, x: ArrayLike) -> Array:
         for more batch axes).
 
     Returns:
-      ``Float[Array, ""]`` or ``Float[Array, "batch"]``.
+      ``Float[Array, ""]`` or ``Float[Array, "batch"]``. For :class:`GraphIsingParams`,
+      :math:`\sum_e J_e x_i x_j + h^\top x`.
     """
+    if isinstance(params, GraphIsingParams):
+        return _graph_ising.log_weight(params, x)
     params = validate_params(params)
     x = _spins_arg("x", x, params.h.shape[0])
     return _log_weight(params.h, params.J, x)
@@ -205,7 +215,14 @@ def log_partition(params: IsingParams, *, max_seconds: float | None = None, **en
     Like every function here it validates its inputs at the entry (:func:`validate_params`;
     values only when concrete, so not under a caller's ``jit``) and runs cached compiled
     work: eager calls with new values of the same shapes compile once.
+
+    For :class:`GraphIsingParams` the spins are summed out along the graph's elimination
+    order (:func:`jaxebm.elimination.log_partition`, cost about ``n * 2^width``; option
+    ``mode``) when that is estimated cheaper than enumerating the dense model; a width over
+    budget is refused with the width, the state count and the estimated time.
     """
+    if isinstance(params, GraphIsingParams):
+        return _graph_ising.log_partition(params, max_seconds=max_seconds, **engine)
     h, J, cfg = _config(params, max_seconds, engine)
     return enumeration._pairwise_log_z_jit(h, J, *cfg)
 
@@ -231,8 +248,12 @@ def moments(params: IsingParams, *, max_seconds: float | None = None, **engine) 
     r"""Exact model moments :math:`(\langle x_k\rangle, \langle x_k x_l\rangle)` (Eq. (2.31)-(2.32)).
 
     Returns:
-      ``(mean (n,), corr (n, n))`` with ``corr`` having a unit diagonal.
+      ``(mean (n,), corr (n, n))`` with ``corr`` having a unit diagonal; for
+      :class:`GraphIsingParams`, ``(mean (n,), edge_corr (E,))``, the sufficient statistics
+      :math:`\langle x_i x_j \rangle` per edge, exact by elimination or enumeration.
     """
+    if isinstance(params, GraphIsingParams):
+        return _graph_ising.moments(params, max_seconds=max_seconds, **engine)
     h, J, cfg = _config(params, max_seconds, engine)
     _, mean, corr = enumeration._pairwise_moments_jit(h, J, *cfg)
     return mean, corr
@@ -242,6 +263,8 @@ def log_prob(params: IsingParams, x: ArrayLike, **engine) -> Array:
     r"""Exact :math:`\log q_\theta(x) = \tfrac12 x^\top J x + h^\top x - \log Z` (Eq. (2.28)).
 
     ``x``: spins of shape ``(n,)`` or ``(batch, n)``."""
+    if isinstance(params, GraphIsingParams):
+        return _graph_ising.log_prob(params, x, **engine)
     h, J, cfg = _config(params, engine.pop("max_seconds", None), engine)
     x = _spins_arg("x", x, h.shape[0])
     return _log_prob(h, J, x, *cfg)
@@ -252,10 +275,14 @@ def _log_prob(h, J, x, plan, devices, engine):
     return _log_weight(h, J, x.astype(h.dtype)) - enumeration._pairwise_log_z(h, J, plan, devices, engine)
 
 
-def data_moments(data: ArrayLike) -> tuple[Array, Array]:
+def data_moments(data: ArrayLike, graph=None) -> tuple[Array, Array]:
     r"""Empirical moments :math:`\frac1M \sum_i x^{(i)}` and :math:`\frac1M \sum_i x^{(i)} x^{(i)\top}`,
     the data side of Eq. (2.31)-(2.32). The diagonal of the second moment is exactly 1
-    (:math:`x_k^2 = 1`), not a float32 mean of ones."""
+    (:math:`x_k^2 = 1`), not a float32 mean of ones. With a ``graph``
+    (:class:`jaxebm.graphs.Graph`), the sufficient statistics of :class:`GraphIsingParams`:
+    ``(mean (n,), edge_corr (E,))`` with :math:`\overline{x_i x_j}` per edge."""
+    if graph is not None:
+        return _graph_ising.data_moments(data, graph)
     return _data_moments(validate_data(data))
 
 
@@ -275,7 +302,11 @@ def nll_from_moments(params: IsingParams, mean: ArrayLike, corr: ArrayLike, **en
 
     The exponential family depends on the data only through these moments, so training
     loops compute them once (:func:`data_moments`). ``mean`` and ``corr`` must be finite
-    with entries in [-1, 1] (checked when concrete)."""
+    with entries in [-1, 1] (checked when concrete). For :class:`GraphIsingParams`, ``corr``
+    is the ``(E,)`` vector of per-edge correlations (``data_moments(data, graph)``) and the
+    data term is :math:`h^\top \bar x + \sum_e J_e \overline{x_i x_j}`."""
+    if isinstance(params, GraphIsingParams):
+        return _graph_ising.nll_from_moments(params, mean, corr, **engine)
     h, J, cfg = _config(params, engine.pop("max_seconds", None), engine)
     n = h.shape[0]
     mean, corr = _moment_arg("mean", mean, (n,)), _moment_arg("corr", corr, (n, n))
@@ -311,8 +342,11 @@ def nll(params: IsingParams, data: ArrayLike, **engine) -> Array:
               = D_{KL}(p_0 \,\|\, q_\theta) - H(p_0)
 
     Its gradient is the moment difference :math:`\langle\phi\rangle_\theta - \langle\phi\rangle_{data}`,
-    exactly zero on the diagonal of ``J``.
+    exactly zero on the diagonal of ``J``. For :class:`GraphIsingParams` the data enter
+    through their means and per-edge correlations.
     """
+    if isinstance(params, GraphIsingParams):
+        return _graph_ising.nll(params, data, **engine)
     h, J, cfg = _config(params, engine.pop("max_seconds", None), engine)
     data = validate_data(data, h.shape[0])
     return _nll(h, J, data.astype(h.dtype), *cfg)
@@ -471,7 +505,13 @@ def fit(optimizer, params: IsingParams, data: ArrayLike, num_steps: int, *, metr
       ``history.metrics`` a dict with the moment residual (Eq. (2.31)-(2.32)) before each
       step under ``"residual"``, plus whatever ``metrics_fn(params, loss, grads, opt_state)``
       returns under ``"extra"``.
+
+    For :class:`GraphIsingParams` the loss is :math:`\log Z - h^\top \bar x - \sum_e J_e
+    \overline{x_i x_j}` (data means and per-edge correlations), with exact gradients through
+    the elimination (or enumeration) of :func:`log_partition`.
     """
+    if isinstance(params, GraphIsingParams):
+        return _graph_ising.fit(optimizer, params, data, num_steps, metrics_fn=metrics_fn, **engine)
     from jaxebm import optim
 
     num_steps = count("num_steps", num_steps)
@@ -503,9 +543,14 @@ def sample_exact(key: PRNGKey, params: IsingParams, num_samples: int, *,
     ones. Memory is :math:`O(2^{|A|})` plus one batch of samples, so this works to n of
     about 34.
 
+    For :class:`GraphIsingParams` (any n whose elimination width fits the budget), backward
+    sampling through the elimination tables (:func:`jaxebm.elimination.sample_exact`).
+
     Returns:
       ``Float[Array, "num_samples n"]`` spins in {-1, +1}.
     """
+    if isinstance(params, GraphIsingParams):
+        return _graph_ising.sample_exact(key, params, num_samples, max_seconds=max_seconds)
     params = validate_params(params)
     num_samples = count("num_samples", num_samples)
     h, J = params

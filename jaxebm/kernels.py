@@ -42,9 +42,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxebm._numerics import HIGHEST, log2cosh
 from jaxebm._validation import check_ndim, choice, count
 
-HIGHEST = lax.Precision.HIGHEST
 ENGINES = ("auto", "xla", "pallas")
 
 #: Default tile sizes (rows = outer states per program, inner = inner states per step).
@@ -209,12 +209,6 @@ def pairwise_rows(u, f_outer, inner_t, f_inner, *, with_moments: bool = False,
 # --------------------------------------------------------------------------------------
 
 
-def _log2cosh(a):
-    r""":math:`\log 2\cosh a = |a| + \log(1 + e^{-2|a|})`, as :func:`jaxebm.rbm.log2cosh`."""
-    a = jnp.abs(a)
-    return a + jnp.log1p(jnp.exp(-2.0 * a))
-
-
 def _rbm_kernel(field_ref, fo_ref, table_ref, fi_ref, out_ref, *, tile_inner, num_tiles, tile_units,
                 num_unit_tiles):
     pl = _pl()
@@ -228,7 +222,7 @@ def _rbm_kernel(field_ref, fo_ref, table_ref, fi_ref, out_ref, *, tile_inner, nu
         def unit_body(v, acc):
             vs = pl.ds(pl.multiple_of(v * tile_units, tile_units), tile_units)
             a = field_ref[:, vs][:, None, :] + table_ref[sl, vs][None, :, :]  # (TA, TB, TV)
-            return acc + jnp.sum(_log2cosh(a), axis=2)
+            return acc + jnp.sum(log2cosh(a), axis=2)
 
         acc = lax.fori_loop(0, num_unit_tiles, unit_body, jnp.zeros((rows, tile_inner), dtype))
         L = acc + fo_ref[...][:, None] + fi_ref[sl][None, :]  # (TA, TB)

@@ -30,8 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
+from jax.scipy.special import entr
 
 from jaxebm import enumeration
+from jaxebm._gibbs import rbm_gibbs_step, spins_given_field
+from jaxebm._numerics import HIGHEST, log2cosh
 from jaxebm._validation import (
     ConvergenceWarning,
     array,
@@ -45,8 +48,6 @@ from jaxebm._validation import (
     positive_scalar,
 )
 from jaxebm.types import Array, ArrayLike, PRNGKey
-
-HIGHEST = lax.Precision.HIGHEST
 
 __all__ = [
     "RBMParams",
@@ -160,12 +161,6 @@ def init(key: PRNGKey, n_visible: int, n_hidden: int, scale: float = 0.01, dtype
     return RBMParams(W, jnp.zeros((n_visible,), dtype), jnp.zeros((n_hidden,), dtype))
 
 
-def log2cosh(a: ArrayLike) -> Array:
-    r"""Stable :math:`\log 2\cosh a = |a| + \log(1 + e^{-2|a|})` (never overflows)."""
-    a = jnp.abs(jnp.asarray(a))
-    return a + jnp.log1p(jnp.exp(-2.0 * a))
-
-
 def _sum_log2cosh(a: Array) -> Array:
     """sum_k log 2cosh(a_k) over the last axis (one fused elementwise pass + reduction;
     measured faster on XLA CPU than a log-of-products over blocks)."""
@@ -217,25 +212,19 @@ def visible_mean(params: RBMParams, z: ArrayLike, precision=HIGHEST) -> Array:
     return jnp.tanh(jnp.matmul(z, params.W.T, precision=precision) + params.b)
 
 
-def _sample_spins(key, field):
-    # P(s = +1) = e^a / (e^a + e^-a) = sigmoid(2a)
-    u = jax.random.uniform(key, field.shape, field.dtype)
-    return jnp.where(u < jax.nn.sigmoid(2.0 * field), 1.0, -1.0).astype(field.dtype)
-
-
 def sample_hidden(key: PRNGKey, params: RBMParams, x: ArrayLike, precision=HIGHEST) -> Array:
     r"""Draws :math:`z \sim p(z \mid x)`, independent units with :math:`P(z_l=+1) =
     \sigma(2(W^\top x + c)_l)` (Eq. (4.84))."""
     params = _validate(params)
     x = _check_layer("x", x, params.W.shape[0])
-    return _sample_spins(key, jnp.matmul(x, params.W, precision=precision) + params.c)
+    return spins_given_field(key, jnp.matmul(x, params.W, precision=precision) + params.c)
 
 
 def sample_visible(key: PRNGKey, params: RBMParams, z: ArrayLike, precision=HIGHEST) -> Array:
     r"""Draws :math:`x \sim p(x \mid z)`, :math:`P(x_k=+1) = \sigma(2(Wz + b)_k)` (Eq. (4.83))."""
     params = _validate(params)
     z = _check_layer("z", z, params.W.shape[1])
-    return _sample_spins(key, jnp.matmul(z, params.W.T, precision=precision) + params.b)
+    return spins_given_field(key, jnp.matmul(z, params.W.T, precision=precision) + params.b)
 
 
 def gibbs_step(key: PRNGKey, params: RBMParams, x: ArrayLike, precision=HIGHEST) -> tuple[Array, Array]:
@@ -246,14 +235,7 @@ def gibbs_step(key: PRNGKey, params: RBMParams, x: ArrayLike, precision=HIGHEST)
     """
     params = _validate(params)
     x = _check_layer("x", x, params.W.shape[0])
-    return _gibbs_step(key, params, x, precision)
-
-
-def _gibbs_step(key, params, x, precision=HIGHEST):
-    """:func:`gibbs_step` without validation (inner loops)."""
-    key_z, key_x = jax.random.split(key)
-    z = _sample_spins(key_z, jnp.matmul(x, params.W, precision=precision) + params.c)
-    return _sample_spins(key_x, jnp.matmul(z, params.W.T, precision=precision) + params.b), z
+    return rbm_gibbs_step(key, params, x, precision)
 
 
 # --------------------------------------------------------------------------------------
@@ -504,7 +486,7 @@ def _phase(params: RBMParams, x: Array) -> RBMParams:
 
 def _gibbs_chain(key, params, x, k):
     def body(x, key):
-        return _gibbs_step(key, params, x)[0], None
+        return rbm_gibbs_step(key, params, x)[0], None
 
     x, _ = lax.scan(body, x, jax.random.split(key, k))
     return x
@@ -525,13 +507,13 @@ def _as_chain_dtype(params: RBMParams, x: Array) -> Array:
 @functools.partial(jax.jit, static_argnums=(3,))
 def _cd_grad_jit(key, params, data, k):
     negative = _gibbs_chain(key, params, data, k)
-    return jax.tree_util.tree_map(lambda m, d: m - d, _phase(params, negative), _phase(params, data))
+    return optax.tree_utils.tree_sub(_phase(params, negative), _phase(params, data))
 
 
 @functools.partial(jax.jit, static_argnums=(4,))
 def _pcd_grad_jit(key, params, data, chains, k):
     chains = _gibbs_chain(key, params, chains, k)
-    grads = jax.tree_util.tree_map(lambda m, d: m - d, _phase(params, chains), _phase(params, data))
+    grads = optax.tree_utils.tree_sub(_phase(params, chains), _phase(params, data))
     return grads, chains
 
 
@@ -575,9 +557,7 @@ def pcd_grad(key: PRNGKey, params: RBMParams, data: ArrayLike, chains: ArrayLike
 
 def _binary_entropy(mean):
     p = jnp.clip((1.0 + mean) / 2.0, 0.0, 1.0)
-    q = 1.0 - p
-    return -(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)
-             + jnp.where(q > 0, q * jnp.log(jnp.where(q > 0, q, 1.0)), 0.0))
+    return entr(p) + entr(1.0 - p)
 
 
 def q_function(params: RBMParams, params_old: RBMParams, data: ArrayLike, **kw) -> Array:
@@ -694,7 +674,7 @@ def gem_fit(params: RBMParams, data: ArrayLike, num_outer: int, num_inner: int =
             updates, opt_state = optimizer.update(grads, opt_state, params, value=loss, grad=grads, value_fn=neg_q)
             candidate = optax.apply_updates(params, updates)
             accept = neg_q(candidate) <= loss
-            params = jax.tree_util.tree_map(lambda c, p: jnp.where(accept, c, p), candidate, params)
+            params = optax.tree_utils.tree_where(accept, candidate, params)
             return (params, opt_state), accept
 
         (params, opt_state), _ = lax.scan(inner, (params, opt_state), None, length=num_inner)

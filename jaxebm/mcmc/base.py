@@ -15,7 +15,8 @@ import jax
 import numpy as np
 from jax import lax
 
-from jaxebm._validation import check_finite, check_spins, count, is_concrete
+from jaxebm._validation import count
+from jaxebm.mcmc._checks import check_positions
 from jaxebm.types import PRNGKey
 
 __all__ = ["SamplingAlgorithm", "run_chain", "run_chains"]
@@ -53,7 +54,7 @@ def run_chain(key: PRNGKey, algorithm: SamplingAlgorithm, state, num_steps: int,
     start built by ``jax.vmap(algorithm.init)`` was traced inside ``init``.
     """
     num_steps, thin, num_chunks = _check_steps(algorithm, num_steps, thin, num_chunks)
-    _check_positions("state", state)
+    check_positions("state", state)
     trace_fn = trace_fn or (lambda s, info: s)
 
     def one_record(state, key):
@@ -128,7 +129,7 @@ def run_chains(key: PRNGKey, algorithm: SamplingAlgorithm, states, num_steps: in
         raise ValueError(f"the number of chains ({num_chains}) must be a positive multiple of the number of "
                          f"devices ({len(devices)}); pass devices= to use fewer.")
     num_steps, thin, num_chunks = _check_steps(algorithm, num_steps, thin, num_chunks)
-    _check_positions("states", states)
+    check_positions("states", states)
     steps = num_steps // num_chunks
     many = functools.partial(_many_chains, algorithm=algorithm, num_steps=steps, thin=thin, trace_fn=trace_fn,
                              devices=devices)
@@ -151,25 +152,6 @@ def _check_steps(algorithm, num_steps, thin, num_chunks) -> tuple[int, int, int]
         raise ValueError(f"num_steps ({num_steps}) must be a positive multiple of thin * num_chunks "
                          f"({thin} * {num_chunks}).")
     return num_steps, thin, num_chunks
-
-
-def _check_positions(name: str, state) -> None:
-    """Value checks (when concrete and held by this process) on the spins of jaxebm sampler
-    states: a start built by ``jax.vmap(algorithm.init)`` was traced, so its values are checked
-    here instead. Other state types pass through."""
-    from jaxebm.mcmc.gibbs import RBMState
-    from jaxebm.mcmc.metropolis import SpinState
-    from jaxebm.mcmc.tempering import ReplicaExchangeState
-
-    if isinstance(state, ReplicaExchangeState):
-        state = state.states
-    if not isinstance(state, (SpinState, RBMState)):
-        return
-    for label, x in ((name, state.x), (f"{name} (hidden z)", getattr(state, "z", None))):
-        if x is None or not is_concrete(x) or not getattr(x, "is_fully_addressable", True):
-            continue
-        check_finite(label, x)
-        check_spins(label, x)
 
 
 @functools.partial(jax.jit, static_argnames=("algorithm", "num_steps", "thin", "trace_fn", "devices"))

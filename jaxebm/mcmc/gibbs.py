@@ -15,10 +15,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxebm import rbm as rbm_module
+from jaxebm._gibbs import rbm_gibbs_step
 from jaxebm.ising import IsingParams
+from jaxebm.mcmc._checks import check_beta, spin_position
+from jaxebm.mcmc._single_site import ising_algorithm
 from jaxebm.mcmc.base import SamplingAlgorithm
 from jaxebm.mcmc.colour import colour_sampler, is_graph_params
-from jaxebm.mcmc.metropolis import _check_beta, _ising_algorithm, _position
 from jaxebm.rbm import RBMParams
 
 __all__ = ["RBMState", "heat_bath", "rbm_gibbs"]
@@ -33,6 +35,10 @@ def heat_bath(params: IsingParams, beta: float = 1.0, block_size: int | None = N
     and converted to JAX arrays; ``beta`` must be finite and >= 0; ``init`` checks the start
     is +-1 spins of shape ``(n,)``.
 
+    For :class:`~jaxebm.ising.GraphIsingParams` the sweep updates one colour class at a time
+    from neighbour gathers, O(degree) per spin (:func:`jaxebm.mcmc.colour.colour_sampler`);
+    the state and info are the same, so it composes with the rest of :mod:`jaxebm.mcmc`.
+
     Returns:
       ``SamplingAlgorithm`` over :class:`jaxebm.mcmc.metropolis.SpinState`.
     """
@@ -40,7 +46,7 @@ def heat_bath(params: IsingParams, beta: float = 1.0, block_size: int | None = N
         return colour_sampler(params, beta, "heat_bath", block_size)
     if not isinstance(params, IsingParams):
         raise ValueError(f"params must be IsingParams; got {type(params).__name__}.")
-    return _ising_algorithm(params, beta, "heat_bath", block_size)
+    return ising_algorithm(params, beta, "heat_bath", block_size)
 
 
 class RBMState(NamedTuple):
@@ -65,18 +71,18 @@ def rbm_gibbs(params: RBMParams, beta: float = 1.0, precision=lax.Precision.HIGH
     must be finite and >= 0; ``init`` checks the start is +-1 spins of shape ``(n_visible,)``.
     """
     params = rbm_module.validate_params(params)
-    beta = _check_beta(beta)
+    beta = check_beta(beta)
     tempered = RBMParams(beta * params.W, beta * params.b, beta * params.c)
     nv = params.W.shape[0]
 
     def init(position):
-        x = _position(position, nv, params.W.dtype)
+        x = spin_position(position, nv, params.W.dtype)
         z = rbm_module.hidden_mean(params, x)  # a placeholder; the first step draws z
         z = jnp.where(z >= 0, 1.0, -1.0).astype(x.dtype)
         return RBMState(x, z, _joint_log_weight(params, x, z))
 
     def step(key, state):
-        x, z = rbm_module._gibbs_step(key, tempered, state.x, precision)
+        x, z = rbm_gibbs_step(key, tempered, state.x, precision)
         return RBMState(x, z, _joint_log_weight(params, x, z)), None
 
     return SamplingAlgorithm(init, step)

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxebm._validation import count, finite_scalar, ladder, positive_scalar, probability
-from jaxebm.mcmc.base import SamplingAlgorithm, _check_positions, run_chain
+from jaxebm.mcmc._checks import check_positions
+from jaxebm.mcmc.base import SamplingAlgorithm, run_chain
 
 __all__ = ["ReplicaExchangeInfo", "ReplicaExchangeState", "adapt_ladder", "geometric_ladder", "replica_exchange",
            "tune_ladder"]
@@ -59,9 +60,7 @@ def geometric_ladder(beta_min: float, beta_max: float, num: int) -> jax.Array:
     num = count("num", num, minimum=2)
     if not beta_min < beta_max:
         raise ValueError(f"beta_min must be < beta_max; got beta_min={beta_min}, beta_max={beta_max}.")
-    betas = beta_min * (beta_max / beta_min) ** (np.arange(num) / (num - 1))
-    betas[0], betas[-1] = beta_min, beta_max
-    return jnp.asarray(betas, jnp.float32)
+    return jnp.asarray(np.geomspace(beta_min, beta_max, num), jnp.float32)  # end points exact
 
 
 def _update_ends(walker, last_end, round_trips):
@@ -95,7 +94,7 @@ def replica_exchange(make_algorithm: Callable[[Any], SamplingAlgorithm], betas) 
             raise ValueError(f"positions must be stacked over the {R} temperature slots (leading axis {R}); got "
                              f"shape(s) {[np.shape(a) for a in leaves]}.")
         states = jax.vmap(lambda b, p: make_algorithm(b).init(p))(betas, positions)
-        _check_positions("positions", states)  # values of the (vmapped, hence traced) inner inits
+        check_positions("positions", states)  # values of the (vmapped, hence traced) inner inits
         walker = jnp.arange(R, dtype=jnp.int32)
         last_end, trips = _update_ends(walker, jnp.zeros(R, jnp.int32), jnp.zeros(R, jnp.int32))
         return ReplicaExchangeState(states, walker, last_end, trips, jnp.zeros((), jnp.int32))
