@@ -30,6 +30,7 @@ CHAPTERS = (
     "experiments.ch4_rbm",
     "experiments.ch5_mcmc",
     "experiments.ch6_replica_exchange",
+    "experiments.ch6_lattice",
     "experiments.ch7_without_mcmc",
 )
 # After the chapters, in a section of their own: the benchmark suite's scripts (jaxebm
