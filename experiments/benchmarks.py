@@ -5,11 +5,13 @@ this process, and one table of ratios.
 
 Runs ``bench_enumeration`` (jaxebm vs a NumPy float64 brute force; on GPU, fused Pallas kernel
 vs XLA), ``bench_gmm`` (vs scikit-learn GaussianMixture and gmmx when installed), ``bench_rbm``
-(exact log Z; block Gibbs vs scikit-learn BernoulliRBM) and ``bench_mcmc`` (Metropolis vs a
-vectorised NumPy sweep). Writes ``results.json`` (all records, with the machine) and
-``BENCHMARKS.md`` (the table below followed by each benchmark's own table), under a
-subdirectory per benchmark as well. Paste the table into the README's performance section;
-it names the backend and device, so CPU and GPU runs stay apart.
+(exact log Z; block Gibbs vs scikit-learn BernoulliRBM), ``bench_mcmc`` (Metropolis vs a
+vectorised NumPy sweep) and ``bench_graphs`` (lattice heat bath: colour classes vs the dense
+sampler and thrml when installed; exact log Z by elimination). Writes ``results.json`` (all
+records, with the machine) and ``BENCHMARKS.md`` (the table below followed by each
+benchmark's own table), under a subdirectory per benchmark as well. Paste the table into
+the README's performance section; it names the backend and device, so CPU and GPU runs stay
+apart.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from experiments import common
 
 NAME = "benchmarks"
 TITLE = "Benchmark suite: jaxebm against its peers"
-SUITE = ("bench_enumeration", "bench_gmm", "bench_rbm", "bench_mcmc")
+SUITE = ("bench_enumeration", "bench_gmm", "bench_rbm", "bench_mcmc", "bench_graphs")
 
 
 def _headlines(name: str, metrics: dict) -> list[list]:
@@ -66,6 +68,19 @@ def _headlines(name: str, metrics: dict) -> list[list]:
         for r in metrics["throughput"]:
             rows.append([name, f"Metropolis n={r['n']}, {r['chains']} chains", f"{r['jaxebm_updates_per_s']:.3g} /s",
                          f"NumPy {r['numpy_updates_per_s']:.3g} /s", f"{r['speedup']:.2f}x"])
+    elif name == "bench_graphs":
+        s = metrics["sampling"]
+        case = f"heat bath {s['lattice']}, {s['chains']} chains, {s['sweeps']} sweeps"
+        ours = s["runs"][0]
+        for peer in s["runs"][1:]:
+            rows.append([name, case, f"{ours['updates_per_s']:.3g} /s",
+                         f"{peer['impl']} {peer['updates_per_s']:.3g} /s",
+                         f"{ours['updates_per_s'] / peer['updates_per_s']:.1f}x"])
+        for r in metrics["exact"]:
+            rows.append([name, f"exact log Z / moments, {r['case']} lattice (width {r['width']})",
+                         f"{r['log_z_seconds']:.3f} s / {r['moments_seconds']:.3f} s",
+                         f"target {r['target_seconds']:g} s" if "target_seconds" in r else "-",
+                         f"{r['moments_over_log_z']:.1f}x"])
     return rows
 
 
@@ -76,7 +91,7 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0, large: bool = Fals
     for name in SUITE:
         module = importlib.import_module(f"experiments.{name}")
         print(f"== {name}", flush=True)
-        kwargs = {"large": large} if name == "bench_rbm" else {}
+        kwargs = {"large": large} if name in ("bench_rbm", "bench_graphs") else {}
         record = module.run(out_dir / name, smoke=smoke, seed=seed, **kwargs)
         records[name] = record
         rows += _headlines(name, record["metrics"])
@@ -96,7 +111,8 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0, large: bool = Fals
 
 def main(argv=None):
     parser = common.make_parser(NAME, TITLE)
-    parser.add_argument("--large", action="store_true", help="also the GPU-sized RBMs (784x28, 784x32)")
+    parser.add_argument("--large", action="store_true",
+                        help="also the GPU-sized RBMs (784x28, 784x32) and the 24x24 lattice's exact log Z")
     args = parser.parse_args(argv)
     result = run(args.out, smoke=args.smoke, seed=args.seed, large=args.large)
     print(result["summary"])

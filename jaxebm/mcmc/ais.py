@@ -23,12 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxebm import ising
 from jaxebm import rbm as rbm_module
 from jaxebm._validation import count, finite_scalar, schedule
 from jaxebm.ising import IsingParams
-from jaxebm.mcmc.colour import _graph_params, is_graph_params
+from jaxebm.mcmc.colour import is_graph_params
 from jaxebm.mcmc.gibbs import heat_bath, rbm_gibbs
-from jaxebm.mcmc.metropolis import _dense_params
 from jaxebm.rbm import RBMParams
 
 __all__ = ["AISResult", "ais_log_partition"]
@@ -92,10 +92,10 @@ def ais_log_partition(key, target, *, num_chains: int = 1000, num_temps: int = 1
 def _validate_target(target):
     """(validated target as JAX arrays or None, default log Z0 at beta = 0 or None)."""
     if isinstance(target, IsingParams):
-        target = _dense_params(target, "target")
+        target = ising.validate_params(target, "target")
         return target, target.h.shape[0] * math.log(2.0)
     if is_graph_params(target):  # colour-class heat bath
-        return _graph_params(target), target.graph.n * math.log(2.0)
+        return ising.validate_params(target, "target"), target.graph.n * math.log(2.0)
     if isinstance(target, RBMParams):
         target = rbm_module.validate_params(target, "target")
         nv, nh = target.W.shape
@@ -107,19 +107,15 @@ def _validate_target(target):
     return None, None
 
 
-def _uniform_spins(key, n, dtype):
-    return jnp.where(jax.random.bernoulli(key, 0.5, (n,)), 1.0, -1.0).astype(dtype)
-
-
 def _default_model(target):
     """(make_algorithm, init_fn) for a model target, built inside the jitted work from the
     target's (traced) arrays."""
     if isinstance(target, IsingParams) or is_graph_params(target):
         n, dtype = target.h.shape[0], target.h.dtype
-        return (lambda b: heat_bath(target, b)), (lambda k: _uniform_spins(k, n, dtype))
+        return (lambda b: heat_bath(target, b)), (lambda k: jax.random.rademacher(k, (n,), dtype))
     if isinstance(target, RBMParams):
         nv, dtype = target.W.shape[0], target.W.dtype
-        return (lambda b: rbm_gibbs(target, b)), (lambda k: _uniform_spins(k, nv, dtype))
+        return (lambda b: rbm_gibbs(target, b)), (lambda k: jax.random.rademacher(k, (nv,), dtype))
     return None, None
 
 
@@ -133,8 +129,7 @@ def _ais(key, target, betas, log_z0, *, make_algorithm, init_fn, num_chains, swe
         k0, k_run = jax.random.split(key)
         state = make_algorithm(0.0).init(init_fn(k0))
         if isinstance(target, RBMParams):  # exact beta = 0 draw of z as well
-            z = jnp.where(jax.random.bernoulli(jax.random.fold_in(k0, 1), 0.5, state.z.shape), 1.0, -1.0)
-            z = z.astype(state.x.dtype)
+            z = jax.random.rademacher(jax.random.fold_in(k0, 1), state.z.shape, state.x.dtype)
             state = state._replace(z=z, log_weight=-rbm_module.energy(target, state.x, z))
 
         def body(carry, inputs):

@@ -9,8 +9,6 @@ estimate stays unbiased at low temperature where single chains get stuck.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -19,7 +17,7 @@ from jax import lax
 from jaxebm import ising
 from jaxebm._validation import count, ladder
 from jaxebm.ising import IsingParams
-from jaxebm.mcmc.colour import _graph_params, is_graph_params
+from jaxebm.mcmc.colour import is_graph_params
 from jaxebm.mcmc.gibbs import heat_bath
 from jaxebm.mcmc.tempering import replica_exchange
 
@@ -50,7 +48,7 @@ def pcd_fit_ising(key, params: IsingParams, data, optimizer: optax.GradientTrans
       |data moment - chain moment| at each update (an MCMC estimate).
     """
     graph = is_graph_params(params)
-    params = _graph_params(params) if graph else ising.validate_params(params)  # JAX arrays (the scan carries them)
+    params = ising.validate_params(params)  # JAX arrays (the scan carries them)
     num_steps, num_chains = count("num_steps", num_steps), count("num_chains", num_chains)
     steps_per_update = count("steps_per_update", steps_per_update)
     if not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
@@ -61,7 +59,7 @@ def pcd_fit_ising(key, params: IsingParams, data, optimizer: optax.GradientTrans
     betas = jnp.asarray(betas, params.h.dtype)
     R, n = betas.shape[0], params.h.shape[0]
     key_init, key_run = jax.random.split(key)
-    x0 = jnp.where(jax.random.bernoulli(key_init, 0.5, (num_chains, R, n)), 1.0, -1.0).astype(params.h.dtype)
+    x0 = jax.random.rademacher(key_init, (num_chains, R, n), params.h.dtype)
 
     def algorithm(p):
         return replica_exchange(lambda b: heat_bath(p, b), betas)
@@ -82,7 +80,7 @@ def pcd_fit_ising(key, params: IsingParams, data, optimizer: optax.GradientTrans
         x = states.states.x[:, -1]  # the beta = 1 replicas
         if graph:  # d nll / d J_e = <x_i x_j>_model - <x_i x_j>_data for each edge e = (i, j)
             mean_m, corr_m = _edge_moments(params.graph, x)
-            grads = dataclasses.replace(params, h=mean_m - mean_d, J=corr_m - corr_d)
+            grads = params._replace(h=mean_m - mean_d, J=corr_m - corr_d)
             residual = jnp.maximum(jnp.max(jnp.abs(grads.h)), jnp.max(jnp.abs(grads.J)))
         else:
             mean_m = jnp.mean(x, axis=0)
