@@ -256,6 +256,7 @@ def test_run_chains_is_a_vmap_of_run_chain(rng):
     np.testing.assert_array_equal(final.x, ref_final.x)
 
 
+@pytest.mark.slow
 def test_replica_exchange_over_colour_samplers(rng):
     """Every temperature slot of replica exchange over colour-class heat baths samples its
     exact tempered distribution (a strongly coupled 4x4 torus)."""

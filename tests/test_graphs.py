@@ -192,6 +192,7 @@ def test_exact_against_brute_force_float64(name, modes, rng, x64):
         np.testing.assert_allclose(got_corr, corr, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_scale_blocks_are_exercised(monkeypatch, rng):
     # Blocks of 2 slots: most steps sum out a spin that indexes the blocks (the merge path).
     monkeypatch.setattr(elimination, "_BLOCK_BITS", 2)
@@ -219,6 +220,7 @@ def test_gradient_of_log_partition_is_the_moments(rng):
     np.testing.assert_allclose(batched, [ref.graph_exact(x, J, g.edges)[0] for x in (h, -h)], rtol=2e-6)
 
 
+@pytest.mark.slow
 def test_float32_agrees_with_float64_on_larger_lattices(rng):
     for g in (graphs.square_lattice(11, 11, periodic=False), graphs.square_lattice(5, 5, periodic=True)):
         h, J = _model(g, rng, field=0.2)
@@ -332,6 +334,7 @@ def test_sample_exact_histogram(g, mode, rng):
     assert stat < _chi_square_threshold(len(obs) - 1), stat
 
 
+@pytest.mark.slow
 def test_sample_exact_moments_on_larger_lattice(rng):
     g = graphs.square_lattice(6, 6, periodic=True)
     h, J = _model(g, rng, scale=0.5, field=0.2)
@@ -482,6 +485,7 @@ def test_edwards_anderson():
     assert abs(float(jnp.std(q.h)) - 0.2) < 6 * 0.2 / math.sqrt(2 * g.n)
 
 
+@pytest.mark.slow
 def test_fit_on_graph_matches_moments(rng):
     import optax
 

@@ -76,6 +76,7 @@ def _rmse_bound(truth, num, method, alpha=1e-3):
     return float(np.sqrt((lam.sum() + 2 * np.sqrt(t * np.sum(lam**2)) + 2 * lam.max() * t) / len(lam)))
 
 
+@pytest.mark.slow
 def test_every_method_returns_symmetric_zero_diagonal_J(sk8):
     _, data = sk8
     for fn in (inverse.mean_field, inverse.tap, inverse.pseudolikelihood, inverse.mpf,

@@ -112,6 +112,7 @@ def test_graph_pl_gradient_matches_hand_derivation_and_dense_autodiff(name, rng,
     np.testing.assert_allclose(grad[graph.n:], np.asarray(grad_dense.J)[i, j], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_graph_pl_on_the_complete_graph_is_dense_pl(rng):
     n = 6
     truth = ising.sherrington_kirkpatrick(jax.random.key(2), n, beta=0.8, field_std=0.3)
@@ -159,6 +160,7 @@ def lattice_samples():
     return graph, np.asarray(truth.h), np.asarray(truth.J), np.asarray(data)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["pseudolikelihood", "mpf"])
 def test_graph_estimators_recover_a_lattice_from_exact_samples(method, lattice_samples, x64):
     graph, h, J, data = lattice_samples
