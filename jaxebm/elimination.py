@@ -44,7 +44,9 @@ least 2 x 2) run as a ``lax.scan`` over lines whose body adds one line
 spin. Plans and compiled functions are cached per (graph, elimination order, dtype, mode).
 
 Derivatives are exact: ``jax.grad`` of :func:`log_partition` gives the means and edge
-correlations (:func:`moments`), and :func:`sample_exact` draws independent exact samples by
+correlations by reverse-mode differentiation; :func:`moments` computes the same numbers (in
+linear mode) by a hand-written forward-backward sweep that keeps only the table at each line
+start, about 3 times faster; and :func:`sample_exact` draws independent exact samples by
 backward sampling through recomputed tables.
 """
 
@@ -476,6 +478,57 @@ def _step_linear(carry, step: _Step, plan: _Plan, h_v, c_old, c_other):
     return (out, S_out - top, 1.0 / bmax, g, gc, flag)
 
 
+def _step_linear_bwd(carry, step: _Step, plan: _Plan, h_v, c_old, c_other, g_out):
+    """Transpose of :func:`_step_linear` (scales, bound and multipliers held constant, as in
+    reverse-mode differentiation): given the adjoint ``g_out`` of the table after the step and
+    the carry before it, returns (adjoint of the table before, d h_v, d c_old, d c_other)."""
+    t, S, w = carry[:3]
+    dtype = t.dtype
+    num_slots = plan.num_slots
+    k = _block_bits(plan)
+    major = num_slots - k
+    slots = (step.slot,) + step.others
+    shape, axis = _view(num_slots, slots, cut=major)
+    bshape, baxis = _view(major, [s for s in slots if s < major])
+    nminor = len(shape) - len(bshape)
+    ax = axis[step.slot]
+    field = _field(shape, axis, step, h_v, c_other, dtype) + jnp.zeros((1,) * len(shape), dtype)
+    bound = jnp.abs(c_old) + jnp.abs(h_v) + jnp.sum(jnp.abs(c_other))
+    su = jnp.asarray([-1.0, 1.0], dtype).reshape([2 if i == ax else 1 for i in range(len(shape))])
+    e_m = -c_old * su - field - bound
+    e_p = c_old * su + field - bound
+    small = tuple(i for i in range(len(shape)) if field.shape[i] == 1 and i != ax)
+    Sv = S.reshape(bshape)
+    wv = w.reshape(bshape)
+    if step.slot < major:
+        s_new = jnp.max(Sv, axis=baxis[step.slot], keepdims=True)
+        R = (jnp.exp(Sv - s_new) * wv).reshape(bshape + (1,) * nminor)
+    else:
+        R = wv.reshape(bshape + (1,) * nminor)
+    tR = t.reshape(shape) * R
+    gv = g_out.reshape(shape)
+    g_m = lax.index_in_dim(gv, 0, ax, keepdims=True)
+    g_p = lax.index_in_dim(gv, 1, ax, keepdims=True)
+    x_m, x_p = jnp.exp(e_m), jnp.exp(e_p)
+    # adjoint of the table before: sum over v of g_v R exp(e_v(u))
+    gR = [g_m * lax.index_in_dim(x_m, u, ax, keepdims=True) + g_p * lax.index_in_dim(x_p, u, ax, keepdims=True)
+          for u in (0, 1)]
+    g_t = (jnp.concatenate(gR, axis=ax) * R).reshape(-1)
+    # adjoints of the exponents, exp(e_v(u)) sum_rest g_v t_u R, enter only through the field
+    # (their difference summed over u) and c_old (the same weighted by s_u)
+    d = jnp.sum(tR * (g_p * x_p - g_m * x_m), axis=small, keepdims=True)
+    g_field = jnp.sum(d, axis=ax, keepdims=True)
+    g_c_old = jnp.sum(d * su)
+    s = jnp.asarray([-1.0, 1.0], dtype)
+    g_other = []
+    for slot in step.others:
+        b = [1] * len(shape)
+        b[axis[slot]] = 2
+        g_other.append(jnp.sum(g_field * s.reshape(b)))
+    g_c_other = jnp.stack(g_other) if g_other else jnp.zeros((0,), dtype)
+    return g_t, jnp.sum(g_field), g_c_old, g_c_other
+
+
 def _step(carry, step: _Step, plan: _Plan, h_v, c_old, c_other, mode: str):
     if mode == "log":
         return _step_log(carry, step, plan, h_v, c_old, c_other)
@@ -577,6 +630,101 @@ def _log_z_mode(h, J, plan: _Plan, mode: str):
     return (g - gc) + local, flag
 
 
+def _final_log_z(carry, mode: str):
+    g, gc = carry[-3:-1]
+    if mode == "log":
+        table = carry[0]
+        block = min(table.shape[0], 1024)
+        local = jax.nn.logsumexp(jax.nn.logsumexp(table.reshape(-1, block), axis=1))
+    else:
+        t, S, w = carry[:3]
+        sums = jnp.sum(t.reshape(S.shape[0], -1), axis=1) * w
+        local = jax.nn.logsumexp(S + jnp.log(sums))
+    return (g - gc) + local
+
+
+def _moments_linear(h, J, plan: _Plan):
+    """((log Z, d log Z / dh, d log Z / dJ), guard flag) of the linear pass by a hand-written
+    forward-backward sweep: the forward pass keeps the carry at the start of each line (and
+    before each prefix step); the backward pass recomputes a line's tables from its start and
+    propagates the adjoint table through the transposed steps, reducing the moments of each
+    step's spin onto its few neighbour slots. Same arithmetic as reverse-mode differentiation
+    of :func:`_log_z_mode`, without storing every intermediate."""
+    Jp = _pad(J)
+
+    def gather(h, Jp):
+        pre = (h[plan.prefix_node], Jp[plan.prefix_old], tuple(Jp[o] for o in plan.prefix_other))
+        return pre, (_line_xs(plan, h, Jp) if plan.num_lines else None)
+
+    (pre_h, pre_old, pre_other), xs = gather(h, Jp)
+    carry = _initial(plan, h.dtype, "linear")
+    prefix_carries = []
+    for t, step in enumerate(plan.prefix):
+        prefix_carries.append(carry)
+        carry = _step_linear(carry, step, plan, pre_h[t], pre_old[t], pre_other[t])
+    if plan.num_lines:
+        body = _line_body(plan, "linear")
+
+        def save(c, xs_line):
+            return body(c, xs_line)[0], c[:3]
+
+        carry, starts = lax.scan(save, carry, xs)
+    log_z = _final_log_z(carry, "linear")
+    flag = carry[-1]
+    # Adjoint of the final table: d log Z / d t = w exp(S - log sum) per block.
+    t, S, w = carry[:3]
+    blocks = S.shape[0]
+    sums = jnp.sum(t.reshape(blocks, -1), axis=1) * w
+    lse = jax.nn.logsumexp(S + jnp.log(sums))
+    g = jnp.broadcast_to((w * jnp.exp(S - lse))[:, None], (blocks, t.shape[0] // blocks)).reshape(-1)
+    g_line = None
+    if plan.num_lines:
+        L = len(plan.line)
+        rest = (jnp.zeros((), h.dtype),) * 2 + (jnp.zeros((), bool),)  # scales and flag, unused here
+
+        def back(g, inputs):
+            c, xs_line = inputs
+            kept = []
+            for p in range(L):  # recompute the line's tables from its start
+                kept.append(c)
+                if p + 1 < L:
+                    c = _step_linear(c + rest, plan.line[p], plan, xs_line[0][p], xs_line[1][p], xs_line[2][p])[:3]
+            gh, go, gother = [None] * L, [None] * L, [None] * L
+            for p in reversed(range(L)):
+                g, gh[p], go[p], gother[p] = _step_linear_bwd(kept[p], plan.line[p], plan, xs_line[0][p],
+                                                              xs_line[1][p], xs_line[2][p], g)
+            return g, (jnp.stack(gh), jnp.stack(go), tuple(gother))
+
+        g, g_line = lax.scan(back, g, (starts, xs), reverse=True)
+    g_pre = ([None] * len(plan.prefix), [None] * len(plan.prefix), [None] * len(plan.prefix))
+    for t in reversed(range(len(plan.prefix))):
+        g, a, b, c = _step_linear_bwd(prefix_carries[t], plan.prefix[t], plan, pre_h[t], pre_old[t], pre_other[t], g)
+        g_pre[0][t], g_pre[1][t], g_pre[2][t] = a, b, c
+    cot_pre = (jnp.stack(g_pre[0]) if plan.prefix else jnp.zeros((0,), h.dtype),
+               jnp.stack(g_pre[1]) if plan.prefix else jnp.zeros((0,), h.dtype), tuple(g_pre[2]))
+    _, transpose = jax.vjp(gather, h, Jp)
+    gh, gJp = transpose((cot_pre, g_line))
+    return (log_z, gh, gJp[:-1]), flag
+
+
+def _moments_mode(h, J, plan: _Plan, mode: str):
+    """((log Z, means, edge correlations), guard flag) in one mode: the hand-written
+    forward-backward sweep in linear mode, reverse-mode differentiation in log mode."""
+    if mode == "linear":
+        return _moments_linear(h, J, plan)
+    (log_z, flag), (gh, gJ) = jax.value_and_grad(lambda a, b: _log_z_mode(a, b, plan, mode), argnums=(0, 1),
+                                                 has_aux=True)(h, J)
+    return (log_z, gh, gJ), flag
+
+
+def _moments(h, J, plan: _Plan, mode: str):
+    """(log Z, means, edge correlations); "auto" switches to log mode where the linear guard fires."""
+    if mode == "auto":
+        value, flag = _moments_mode(h, J, plan, "linear")
+        return lax.cond(flag, lambda: _moments_mode(h, J, plan, "log")[0], lambda: value)
+    return _moments_mode(h, J, plan, mode)[0]
+
+
 def _log_z(h, J, plan: _Plan, mode: str):
     """log Z; "auto" switches to log mode under ``lax.cond`` where the linear guard fires."""
     if mode == "auto":
@@ -614,11 +762,7 @@ def _compiled(plan: _Plan, what: str, mode: str):
     if what == "log_z":
         return jax.jit(lambda h, J: _log_z_mode(h, J, plan, mode))
     if what == "moments":
-        def moments_fn(h, J):
-            (log_z, flag), (gh, gJ) = jax.value_and_grad(lambda a, b: _log_z_mode(a, b, plan, mode), argnums=(0, 1),
-                                                         has_aux=True)(h, J)
-            return (log_z, gh, gJ), flag
-        return jax.jit(moments_fn)
+        return jax.jit(lambda h, J: _moments_mode(h, J, plan, mode))
     if what == "sample":
         return jax.jit(lambda key, h, J, num_samples: _sample_mode(key, h, J, plan, mode, num_samples),
                        static_argnums=3)
@@ -682,8 +826,10 @@ def moments(h: ArrayLike, J: ArrayLike, graph: Graph, *, max_seconds: float | No
     .. math:: \langle x_k \rangle = \frac{\partial \log Z}{\partial h_k}, \qquad
               \langle x_i x_j \rangle = \frac{\partial \log Z}{\partial J_e}, \quad e = (i, j)
 
-    (reverse-mode differentiation of :func:`log_partition`; lines are recomputed rather than
-    stored when the tables would not fit in memory).
+    (linear mode: a forward pass keeping the table at each line start, then a backward sweep
+    that recomputes each line's tables and propagates the adjoint table through the transposed
+    steps, the same arithmetic as reverse-mode differentiation of :func:`log_partition`; log
+    mode: reverse-mode differentiation).
 
     Args:
       h, J, graph, max_seconds, mode: as in :func:`log_partition`.
@@ -697,11 +843,7 @@ def moments(h: ArrayLike, J: ArrayLike, graph: Graph, *, max_seconds: float | No
     plan = _plan(graph)
     _check_memory(plan, h.dtype, "exact moments (reverse-mode differentiation)")
 
-    def traced(a, b):
-        log_z, (gh, gJ) = jax.value_and_grad(lambda x, y: _log_z(x, y, plan, mode), argnums=(0, 1))(a, b)
-        return log_z, gh, gJ
-
-    return _run("moments", mode, plan, traced, h, J)
+    return _run("moments", mode, plan, lambda a, b: _moments(a, b, plan, mode), h, J)
 
 
 # --------------------------------------------------------------------------------------
