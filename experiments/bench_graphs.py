@@ -176,18 +176,22 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0, large: bool = Fals
 
     checks = [common.check("exact log Z by elimination equals dense enumeration on the 4x4 torus (|diff| <= 1e-4)",
                            enum_gap, enum_gap <= 1e-4)]
+    # Speed targets of issue #13 are reported, not asserted: timings depend on the machine and
+    # its load, so they never decide whether the benchmark "passed".
+    targets = []
     if not smoke:
-        checks.append(common.check("colour-class heat bath >= 10x jaxebm's dense heat bath (32x32 torus, 1000 chains)",
-                                   sample_record["speedup_vs_dense"], sample_record["speedup_vs_dense"] >= 10))
+        targets.append(["colour-class heat bath >= 10x jaxebm's dense heat bath (32x32 torus, 1000 chains)",
+                        f"{sample_record['speedup_vs_dense']:.1f}x", sample_record["speedup_vs_dense"] >= 10])
         if "speedup_vs_thrml" in sample_record:
-            checks.append(common.check("colour-class heat bath at least as fast as thrml's checkerboard Gibbs",
-                                       sample_record["speedup_vs_thrml"], sample_record["speedup_vs_thrml"] >= 1))
+            targets.append(["colour-class heat bath at least as fast as thrml's checkerboard Gibbs",
+                            f"{sample_record['speedup_vs_thrml']:.2f}x", sample_record["speedup_vs_thrml"] >= 1])
         for r in exact_records:
             if "target_seconds" in r:
-                checks.append(common.check(f"exact log Z of the {r['case']} lattice <= {r['target_seconds']:g} s",
-                                           r["log_z_seconds"], r["log_z_seconds"] <= r["target_seconds"]))
-            checks.append(common.check(f"exact moments of the {r['case']} lattice <= 3x its log Z time",
-                                       r["moments_over_log_z"], r["moments_over_log_z"] <= 3))
+                targets.append([f"exact log Z of the {r['case']} lattice <= {r['target_seconds']:g} s",
+                                f"{r['log_z_seconds']:.3g} s", r["log_z_seconds"] <= r["target_seconds"]])
+            targets.append([f"exact moments of the {r['case']} lattice <= 3x its log Z time",
+                            f"{r['moments_over_log_z']:.2f}x", r["moments_over_log_z"] <= 3])
+    target_rows = [[t, m, "met" if ok else "**not met**"] for t, m, ok in targets]
 
     s = sample_record
     exact_rows = [[r["case"], r["n"], r["width"], f"{r['log_z_seconds']:.4f}", f"{r['moments_seconds']:.4f}",
@@ -199,11 +203,15 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0, large: bool = Fals
                + "\n\nExact log Z and moments by elimination (spin glass, Gaussian couplings and fields):\n\n"
                + common.markdown_table(["lattice", "n", "width", "log Z (s)", "moments (s)", "moments / log Z",
                                         "target (s)"], exact_rows)
+               + (("\n\nSpeed targets (reported, not asserted):\n\n"
+                   + common.markdown_table(["target", "measured", ""], target_rows)) if target_rows else "")
                + f"\n\nBackend {jax.default_backend()} ({jax.devices()[0].device_kind}).")
     return common.write_results(out_dir, NAME, seed=seed, smoke=smoke,
                                 config={"beta": BETA, "field": FIELD, "large": large},
                                 metrics={"sampling": sample_record, "exact": exact_records,
-                                         "elimination_vs_enumeration_4x4": enum_gap},
+                                         "elimination_vs_enumeration_4x4": enum_gap,
+                                         "speed_targets": [{"target": t, "measured": m, "met": ok}
+                                                           for t, m, ok in targets]},
                                 figures=[], summary=summary, title=TITLE, checks=checks)
 
 
