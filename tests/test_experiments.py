@@ -140,6 +140,9 @@ def test_ch6_lattice_main_asserts_every_claim(tmp_path):
     for part in ("specific heat", "replica exchange", "pseudo-likelihood", "maximum likelihood", "Kaufman"):
         assert any(part in claim for claim in claims), part
     assert all(c["passed"] for c in record["checks"]), common.checks_table(record["checks"])
-    assert sorted(record["figures"]) == ["exact_samples.png", "sampling_and_learning.png", "thermodynamics.png"]
+    if common.pyplot() is not None:  # figures need the optional matplotlib (the experiments extra)
+        assert sorted(record["figures"]) == ["exact_samples.png", "sampling_and_learning.png", "thermodynamics.png"]
+    else:
+        assert record["figures"] == []
     for figure in record["figures"]:
         assert (tmp_path / figure).stat().st_size > 1000
