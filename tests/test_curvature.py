@@ -1,6 +1,5 @@
 """The Hessian-eigenvalue learning-rate rule (ch. 2.6) against exact Hessians."""
 
-import contextlib
 import warnings
 
 import chex
@@ -14,6 +13,7 @@ from jaxebm import curvature, ising, optim
 from jaxebm._validation import ConvergenceWarning
 from jaxebm.ising import IsingParams
 from tests import reference
+from tests._compile import assert_compiles_once as _assert_compiles_once
 from tests.conftest import random_couplings
 
 
@@ -205,33 +205,6 @@ def test_bad_arguments():
 
 
 # ----- issue #12: validation at the entry, convergence warnings, compile once ---------------
-
-
-@contextlib.contextmanager
-def _count_compiles():
-    """Counts XLA compilations (JAX's backend-compile monitoring event) inside the block."""
-    compiled = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiled.append(kwargs.get("fun_name"))
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield compiled
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-
-
-def _assert_compiles_once(first_calls, second_calls):
-    with _count_compiles() as compiled:  # the counter sees a compilation
-        jax.jit(lambda x: x - 1)(1.0)
-    assert len(compiled) == 1
-    for name in first_calls:
-        jax.block_until_ready(first_calls[name]())
-        with _count_compiles() as compiled:
-            jax.block_until_ready(second_calls[name]())
-        assert compiled == [], f"{name} recompiled: {compiled}"
 
 
 def _quadratic(p, scales):

@@ -1,14 +1,13 @@
 """Discrete KL, entropy, empirical distributions (Eq. (1.1), (2.6)-(2.10), (2.17))."""
 
-import contextlib
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxebm import divergence, ising
 from tests import reference
+from tests._compile import assert_compiles_once as _assert_compiles_once
 
 
 def test_kl_properties(rng):
@@ -53,33 +52,6 @@ def test_bad_inputs():
 
 
 # ----- issue #12: validation at the entry, compile once ----------------------------------------
-
-
-@contextlib.contextmanager
-def _count_compiles():
-    """Counts XLA compilations (JAX's backend-compile monitoring event) inside the block."""
-    compiled = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiled.append(kwargs.get("fun_name"))
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield compiled
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-
-
-def _assert_compiles_once(first_calls, second_calls):
-    with _count_compiles() as compiled:  # the counter sees a compilation
-        jax.jit(lambda x: x - 1)(1.0)
-    assert len(compiled) == 1
-    for name in first_calls:
-        jax.block_until_ready(first_calls[name]())
-        with _count_compiles() as compiled:
-            jax.block_until_ready(second_calls[name]())
-        assert compiled == [], f"{name} recompiled: {compiled}"
 
 
 def test_distributions_are_checked():

@@ -1,6 +1,5 @@
 """The enumeration engine against float64 brute force and closed forms."""
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import pytest
 
 from jaxebm import enumeration
 from tests import reference
+from tests._compile import count_compiles as _count_compiles
 from tests.conftest import random_couplings
 
 # DESIGN.md: exact float32 quantities agree with float64 to about 1e-6 relative (2e-6 allows
@@ -392,22 +392,6 @@ def test_sharding_across_eight_simulated_devices():
 
 
 # ----- issue #12: validation at the entry, compile once -----------------------------------------
-
-
-@contextlib.contextmanager
-def _count_compiles():
-    """Counts XLA compilations (JAX's backend-compile monitoring event) inside the block."""
-    compiled = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiled.append(kwargs.get("fun_name"))
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield compiled
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def test_spins_refuses_codes_wider_than_n_and_negative_codes():

@@ -1,6 +1,5 @@
 """Gaussian chapter: densities, MLE, derivative formulas, KL."""
 
-import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +8,7 @@ import pytest
 
 from jaxebm import gaussian
 from tests import reference
+from tests._compile import assert_compiles_once as _assert_compiles_once
 
 
 def _spd(rng, d):
@@ -134,33 +134,6 @@ def test_bad_inputs():
 
 
 # ----- issue #12: validation at the entry, compile once ----------------------------------------
-
-
-@contextlib.contextmanager
-def _count_compiles():
-    """Counts XLA compilations (JAX's backend-compile monitoring event) inside the block."""
-    compiled = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiled.append(kwargs.get("fun_name"))
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield compiled
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-
-
-def _assert_compiles_once(first_calls, second_calls):
-    with _count_compiles() as compiled:  # the counter sees a compilation
-        jax.jit(lambda x: x - 1)(1.0)
-    assert len(compiled) == 1
-    for name in first_calls:
-        jax.block_until_ready(first_calls[name]())
-        with _count_compiles() as compiled:
-            jax.block_until_ready(second_calls[name]())
-        assert compiled == [], f"{name} recompiled: {compiled}"
 
 
 def test_lists_are_accepted_and_every_argument_is_checked(rng):

@@ -1,6 +1,5 @@
 """Exact Ising quantities against the float64 brute force."""
 
-import contextlib
 
 import chex
 import jax
@@ -12,6 +11,7 @@ import pytest
 from jaxebm import ising
 from jaxebm.ising import IsingParams
 from tests import reference
+from tests._compile import count_compiles as _count_compiles
 from tests.conftest import random_couplings
 
 
@@ -183,22 +183,6 @@ def test_jitted_training_step_compiles_once(rng):
 
 
 # ----- issue #12: validation at the entry, NumPy and lists accepted, compile once -------------
-
-
-@contextlib.contextmanager
-def _count_compiles():
-    """Counts XLA compilations (JAX's backend-compile monitoring event) inside the block."""
-    compiled = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiled.append(kwargs.get("fun_name"))
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield compiled
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def test_numpy_and_list_params_work_everywhere(rng):
