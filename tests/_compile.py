@@ -34,3 +34,14 @@ def assert_compiles_once(first_calls, second_calls):
         with count_compiles() as compiled:
             jax.block_until_ready(second_calls[name]())
         assert compiled == [], f"{name} recompiled: {compiled}"
+
+
+@contextlib.contextmanager
+def compile_counter():
+    """Like :func:`count_compiles`, yielding ``[number of compilations]`` instead of names."""
+    counter = [0]
+    with count_compiles() as compiled:
+        try:
+            yield counter
+        finally:
+            counter[0] = len(compiled)

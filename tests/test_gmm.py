@@ -1,6 +1,5 @@
 """EM for Gaussian mixtures: scikit-learn parity, monotonicity, ELBO identity, bad inputs."""
 
-import contextlib
 import warnings
 
 import chex
@@ -13,6 +12,7 @@ from sklearn.mixture import GaussianMixture
 
 from jaxebm import gmm
 from tests import reference
+from tests._compile import compile_counter as _count_compiles
 
 
 def _standardised(name):
@@ -303,22 +303,6 @@ def test_bad_inputs():
 
 
 # ----------------------------------------------------------------------------- issue #12
-
-
-@contextlib.contextmanager
-def _count_compiles():
-    """Counts XLA compilations (backend compile events) inside the block."""
-    counter = [0]
-
-    def listener(name, duration, **kwargs):
-        if name == "/jax/core/compile/backend_compile_duration":
-            counter[0] += 1
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield counter
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def _toy(covariance_type="full", shift=0.0):

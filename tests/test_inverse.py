@@ -1,6 +1,5 @@
 """Learning without MCMC (ch. 7): closed forms, recovery, objectives, degenerate data."""
 
-import contextlib
 import itertools
 import warnings
 
@@ -12,6 +11,7 @@ import pytest
 from jaxebm import inverse, ising
 from jaxebm._validation import ConvergenceWarning
 from tests import reference
+from tests._compile import compile_counter as _count_compiles
 
 
 @pytest.fixture(scope="module")
@@ -254,22 +254,6 @@ def test_vmap_over_datasets():
 
 
 # ----------------------------------------------------------------------------- issue #12
-
-
-@contextlib.contextmanager
-def _count_compiles():
-    """Counts XLA compilations (backend compile events) inside the block."""
-    counter = [0]
-
-    def listener(name, duration, **kwargs):
-        if name == "/jax/core/compile/backend_compile_duration":
-            counter[0] += 1
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield counter
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Samplers against exact enumeration, with tolerances from the effective sample size."""
 
-import contextlib
 import functools
 
 import chex
@@ -14,6 +13,7 @@ from jax import lax
 from jaxebm import ising, mcmc, rbm
 from jaxebm.ising import IsingParams
 from tests import reference
+from tests._compile import compile_counter as _count_compiles
 from tests.conftest import random_couplings
 
 # 5 standard errors: a two-sided normal false alarm of 6e-7 per entry, < 5e-5 over the <= 55 means
@@ -283,22 +283,6 @@ def run_model(key, x, params, make, block_size):
 # --------------------------------------------------------------------------------------
 # Issue 12: validation at every entry point, diagnostics that cannot mislead, compile once
 # --------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _count_compiles():
-    """Counts XLA compilations (jax.monitoring's backend-compile event) inside the block."""
-    counter = [0]
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            counter[0] += 1
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield counter
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def _numpy_ising(rng, n=5):

@@ -1,6 +1,5 @@
 """+-1 RBMs against brute force over both layers."""
 
-import contextlib
 import statistics
 import warnings
 
@@ -15,6 +14,7 @@ from jaxebm import rbm
 from jaxebm._validation import ConvergenceWarning
 from jaxebm.rbm import RBMParams
 from tests import reference
+from tests._compile import compile_counter as _count_compiles
 
 
 def brute(W, b, c):
@@ -314,22 +314,6 @@ def test_bad_inputs():
 # --------------------------------------------------------------------------------------
 # Issue 12: validation at every entry point, ConvergenceWarning, compile once
 # --------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _count_compiles():
-    """Counts XLA compilations (jax.monitoring's backend-compile event) inside the block."""
-    counter = [0]
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            counter[0] += 1
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield counter
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def _spins(rng, shape):
