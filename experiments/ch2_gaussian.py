@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from experiments import common
-from jaxebm import gaussian
+from jaxebm import gaussian, optim
 
 DERIVATIVE_RTOL = 1e-4  # float32 round-off (eps 1.2e-7) amplified by at most ~1e3
 
@@ -30,26 +30,16 @@ TITLE = "Chapter 2.2-2.4: Gaussian MLE as KL minimisation"
 
 
 def _fit_by_gradient(x, mean0, chol0, steps, learning_rate):
-    """Minimises kl_to_data over (mean, Cholesky factor) with Adam, as a lax.scan."""
+    """Minimises kl_to_data over (mean, Cholesky factor) with Adam: one lax.scan (optim.run)."""
 
-    def loss(params):
+    def loss(params, x):
         mean, chol = params
         L = jnp.tril(chol)
         return gaussian.kl_to_data(x, mean, L @ L.T)
 
-    optimiser = optax.adam(learning_rate)
-    params = (mean0, chol0)
-
-    def step(carry, _):
-        params, state = carry
-        value, grads = jax.value_and_grad(loss)(params)
-        updates, state = optimiser.update(grads, state, params)
-        return (optax.apply_updates(params, updates), state), value
-
-    (params, _), history = jax.lax.scan(step, (params, optimiser.init(params)), None, length=steps)
-    mean, chol = params
+    (mean, chol), info = optim.run(optax.adam(learning_rate), loss, (mean0, chol0), steps, x)
     L = jnp.tril(chol)
-    return mean, L @ L.T, history
+    return mean, L @ L.T, info.loss
 
 
 def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:

@@ -52,9 +52,9 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
     for num in sample_sizes:
         data = datasets.exact_ising_samples(jax.random.fold_in(key_data, num), truth, num)
         start_time = time.perf_counter()
-        learned, _, history = jax.block_until_ready(learn(data))
+        learned, info = jax.block_until_ready(learn(data))
         seconds = time.perf_counter() - start_time
-        residual = np.asarray(history.metrics["residual"])
+        residual = np.asarray(info.metrics["residual"])
         final_residual = float(ising.moment_residual(learned, data))
         J_rmse = float(np.sqrt(np.mean((np.asarray(learned.J)[iu] - np.asarray(truth.J)[iu]) ** 2)))
         h_rmse = float(np.sqrt(np.mean((np.asarray(learned.h) - np.asarray(truth.h)) ** 2)))
@@ -65,8 +65,8 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
             "h_rmse": h_rmse,
             "kl_truth_to_learned": float(ising.kl(truth, learned)),
             "kl_truth_to_empirical_ml_limit": None,
-            "final_nll": float(history.loss[-1]),
-            "lambda_max_final": float(np.asarray(history.metrics["extra"])[-1]),
+            "final_nll": float(info.loss[-1]),
+            "lambda_max_final": float(np.asarray(info.metrics["extra"])[-1]),
             "seconds_incl_compile": seconds,
         })
         curves[num] = residual

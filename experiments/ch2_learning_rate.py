@@ -47,8 +47,8 @@ def gaussian_sweep(key, steps):
 
     def descend(multiplier):
         eta = multiplier / lam
-        _, _, hist = optim.run(optax.sgd(eta), loss, mu0, steps)
-        return hist.loss
+        _, info = optim.run(optax.sgd(eta), loss, mu0, steps)
+        return info.loss
 
     curves = jax.jit(jax.vmap(descend))(jnp.asarray(MULTIPLIERS))
     f_star = float(loss(mu_star))
@@ -78,8 +78,8 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
 
     # --- sweep: fixed eta = c / lambda_max(theta_0), vmapped over c ---
     def fixed(multiplier):
-        _, _, hist = optim.run(optax.sgd(multiplier / lam0), loss, start, ising_steps, mean, corr)
-        return hist.loss
+        _, info = optim.run(optax.sgd(multiplier / lam0), loss, start, ising_steps, mean, corr)
+        return info.loss
 
     ising_curves = np.asarray(jax.jit(jax.vmap(fixed))(jnp.asarray(MULTIPLIERS)))
 
@@ -93,20 +93,20 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
     adam_lrs = jnp.asarray([0.01, 0.03, 0.1, 0.3])
 
     def adam_run(lr):
-        return optim.run(optax.adam(lr), loss, start, ising_steps, mean, corr)[2].loss
+        return optim.run(optax.adam(lr), loss, start, ising_steps, mean, corr)[1].loss
 
     adam_curves = np.asarray(jax.jit(jax.vmap(adam_run))(adam_lrs))
     best_adam = int(np.nanargmin(np.where(np.isfinite(adam_curves[:, -1]), adam_curves[:, -1], np.inf)))
     histories = {}
     for name, opt in methods.items():
         fn = jax.jit(lambda opt=opt: optim.run(opt, loss, start, ising_steps, mean, corr, metrics_fn=_hvp_metric))
-        final_params, _, histories[name] = fn()
+        final_params, histories[name] = fn()
         if name.endswith("every=1"):
             lam_final = float(curvature.max_eigenvalue(loss, final_params, mean, corr, num_iters=300, tol=1e-7)[0])
     histories[f"Adam, lr={float(adam_lrs[best_adam])} (best of {len(adam_lrs)})"] = None
     # reference optimum: a long local-rule run
     long_hist = jax.jit(lambda: optim.run(curvature.hessian_bounded_sgd(1.0), loss, start, 3 * ising_steps,
-                                          mean, corr)[2].loss)()
+                                          mean, corr)[1].loss)()
     f_star = float(np.min(np.asarray(long_hist)))
 
     # --- overhead benchmark: time per step against plain optax.sgd ---
@@ -116,9 +116,9 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
                       ("hessian_bounded_sgd every=1", curvature.hessian_bounded_sgd(1.0, every=1)),
                       ("hessian_bounded_sgd every=10", curvature.hessian_bounded_sgd(1.0, every=10))]:
         # steady state: continue from a warmed-up optimiser state (the first estimate is cold)
-        warm_params, warm_state, _ = jax.jit(lambda opt=opt: optim.run(opt, loss, start, 20, mean, corr))()
-        fn = jax.jit(lambda opt=opt, p=warm_params, s=warm_state: optim.run(opt, loss, p, timing_steps, mean, corr,
-                                                                            opt_state=s)[0])
+        warm_params, warm = jax.jit(lambda opt=opt: optim.run(opt, loss, start, 20, mean, corr))()
+        fn = jax.jit(lambda opt=opt, p=warm_params, s=warm.opt_state: optim.run(
+            opt, loss, p, timing_steps, mean, corr, opt_state=s)[0])
         _, seconds = common.timed(fn, repeats=1 if smoke else 3)
         timings[name] = seconds / timing_steps
     overhead = {k: v / timings["sgd"] for k, v in timings.items() if k != "sgd"}

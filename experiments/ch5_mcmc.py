@@ -40,8 +40,7 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
     x0 = jax.random.rademacher(k_x0, (chains, n), jnp.float32)
     metrics, traces = {"n": n, "chains": chains, "steps": steps}, {}
     for name, algo in [("Metropolis", mcmc.metropolis(params)), ("heat bath", mcmc.heat_bath(params))]:
-        run_all = jax.jit(jax.vmap(lambda k, s, algo=algo: mcmc.run_chain(k, algo, s, steps,
-                                                                          trace_fn=lambda s, i: s.x)))
+        run_all = jax.jit(jax.vmap(lambda k, s, algo=algo: mcmc.run_chain(k, algo, s, steps)))  # traces the spins
         _, trace = run_all(jax.random.split(k_run, chains), jax.vmap(algo.init)(x0))
         trace = np.asarray(trace)[:, burn:]
         traces[name] = trace

@@ -306,7 +306,7 @@ def learning(key, graph, *, beta, field, num_samples, ml_steps) -> tuple[dict, l
     t_pl = time.perf_counter() - t0
     # exact maximum likelihood: L-BFGS on the exact nll (gradients are exact moments), from PL
     t0 = time.perf_counter()
-    ml, _, _ = jax.jit(lambda p, x: ising.fit(optax.lbfgs(), p, x, ml_steps))(pl, data)  # data not a constant
+    ml, _ = jax.jit(lambda p, x: ising.fit(optax.lbfgs(), p, x, ml_steps))(pl, data)  # data not a constant
     ml = jax.block_until_ready(ml)
     t_ml = time.perf_counter() - t0
     residual = moment_residual(ml, data)

@@ -73,7 +73,7 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
 
     # a single Metropolis chain
     single = mcmc.metropolis(params)
-    _, trace = jax.jit(lambda k, s: mcmc.run_chain(k, single, s, steps, trace_fn=lambda s, i: s.x))(
+    _, trace = jax.jit(lambda k, s: mcmc.run_chain(k, single, s, steps))(
         k_single, single.init(x0))
     single_x = np.asarray(trace)[steps // 10:]
 
@@ -233,7 +233,7 @@ def _learning(key, smoke):
     betas = jnp.array([0.4, 0.6, 0.8, 1.0])
     pcd, _ = jax.jit(lambda p: mcmc.pcd_fit_ising(k4, p, data, optax.sgd(0.1), steps, betas=betas,
                                                    num_chains=256))(start)
-    exact, _, _ = jax.jit(lambda p: ising.fit(curvature.hessian_bounded_sgd(1.0), p, data, steps))(start)
+    exact, _ = jax.jit(lambda p: ising.fit(curvature.hessian_bounded_sgd(1.0), p, data, steps))(start)
     iu = np.triu_indices(n, 1)
 
     def rmse(a, b):
@@ -253,14 +253,14 @@ def _learning(key, smoke):
         jax.random.split(k5, chains), jax.vmap(algo.init)(x0))
     data64 = np.asarray(samples)[:, sweeps // 40:].reshape(-1, n64)
     start64 = ising.init(k3, n64)
-    learned, residuals = jax.jit(lambda p: mcmc.pcd_fit_ising(k4, p, data64, optax.sgd(0.05), 400 if smoke else 2000,
-                                                              betas=betas64, num_chains=128))(start64)
+    learned, info = jax.jit(lambda p: mcmc.pcd_fit_ising(k4, p, data64, optax.sgd(0.05), 400 if smoke else 2000,
+                                                         betas=betas64, num_chains=128))(start64)
     iu64 = np.triu_indices(n64, 1)
     out.update(n64=n64, n64_samples=int(data64.shape[0]),
                n64_J_rmse=float(np.sqrt(np.mean((np.asarray(learned.J)[iu64] - np.asarray(truth64.J)[iu64]) ** 2))),
                n64_J_rmse_start=float(np.sqrt(np.mean((np.asarray(start64.J)[iu64]
                                                        - np.asarray(truth64.J)[iu64]) ** 2))),
-               n64_residual_history=np.asarray(residuals).tolist())
+               n64_residual_history=np.asarray(info.residual).tolist())
     return out
 
 

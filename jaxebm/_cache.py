@@ -11,12 +11,13 @@ captured arrays share one compiled executable and each gets its own values.
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import jax
 import jax.extend.core
 
-__all__ = ["Traced", "trace"]
+__all__ = ["Traced", "scan", "trace"]
 
 _unique = itertools.count()
 
@@ -84,3 +85,10 @@ def trace(fn, *example_args) -> tuple[Traced, tuple]:
         # share a compilation between two traces.
         key += (next(_unique),)
     return Traced(closed.jaxpr, in_tree, out_tree, out_shape, key), tuple(closed.consts)
+
+
+@functools.partial(jax.jit, static_argnames=("traced", "num_steps"))
+def scan(consts, carry, *, traced: Traced, num_steps: int):
+    """``num_steps`` iterations of a traced step ``carry -> (carry, record)`` as one compiled
+    ``lax.scan``, cached on the traced program (see :func:`trace`)."""
+    return jax.lax.scan(lambda c, _: traced(consts, c), carry, None, length=num_steps)

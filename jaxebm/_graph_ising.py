@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxebm import elimination, enumeration
+from jaxebm._enum import split
+from jaxebm._enum.codes import float_dtype
 from jaxebm._numerics import HIGHEST
 from jaxebm._validation import array, check_finite, check_ndim, check_spins, choice, count, finite_scalar
 from jaxebm.graphs import Graph
@@ -111,7 +113,7 @@ def edwards_anderson(key: PRNGKey, graph: Graph, *, beta: float = 1.0, couplings
     beta = finite_scalar("beta", beta, minimum=0.0)
     field = finite_scalar("field", field, minimum=0.0)
     choice("couplings", couplings, ("gaussian", "pm1"))
-    dtype = enumeration._float_dtype(dtype)
+    dtype = float_dtype(dtype)
     key_J, key_h = jax.random.split(key)
     if couplings == "gaussian":
         g = jax.random.normal(key_J, (graph.num_edges,), dtype)
@@ -166,37 +168,58 @@ def use_elimination(graph: Graph, max_seconds: float | None = None, what: str = 
     return True
 
 
-def log_partition(params: GraphIsingParams, *, max_seconds: float | None = None, mode: str = "auto",
-                  **engine) -> Array:
+def _eliminate(graph: Graph, max_seconds, mode, engine, chunk_size, devices, inner_bits) -> bool:
+    """Elimination or dense enumeration: ``mode`` asks for elimination, an option of the split
+    engine for enumeration (both at once is refused), else whichever is estimated cheaper."""
+    given = [name for name, value in zip(split.ENGINE_OPTIONS, (engine, chunk_size, devices, inner_bits))
+             if value is not None]
+    if mode is not None and given:
+        raise ValueError(f"mode={mode!r} asks for elimination but {given[0]} is an option of dense enumeration; "
+                         "pass one or the other.")
+    if mode is not None:
+        return True
+    return not given and use_elimination(graph, max_seconds)
+
+
+def _dense(params: GraphIsingParams, max_seconds, engine, chunk_size, devices, inner_bits):
+    """The dense ``(h, J (n, n))`` (float32 or wider) and the split configuration."""
+    config = split.pairwise_config(params.graph.n, max_seconds=max_seconds, engine=engine, chunk_size=chunk_size,
+                                   devices=devices, inner_bits=inner_bits)
+    dtype = jnp.result_type(params.h, params.J, jnp.float32)
+    return params.h.astype(dtype), _dense_J(params.J.astype(dtype), params.graph), config
+
+
+def log_partition(params: GraphIsingParams, *, max_seconds: float | None = None, engine: str | None = None,
+                  chunk_size: int | None = None, devices=None, inner_bits: int | None = None,
+                  mode: str | None = None) -> Array:
+    """Exact log Z by elimination or dense enumeration (options: :func:`jaxebm.ising.log_partition`)."""
     params = validate(params)
-    if use_elimination(params.graph, max_seconds):
-        return elimination.log_partition(params.h, params.J, params.graph, max_seconds=max_seconds, mode=mode)
-    from jaxebm import ising
+    if _eliminate(params.graph, max_seconds, mode, engine, chunk_size, devices, inner_bits):
+        return elimination.log_partition(params.h, params.J, params.graph, max_seconds=max_seconds,
+                                         mode="auto" if mode is None else mode)
+    h, J, config = _dense(params, max_seconds, engine, chunk_size, devices, inner_bits)
+    return split.log_z_jit(h, J, config)
 
-    return ising.log_partition(ising.IsingParams(params.h, _dense_J(params.J, params.graph)),
-                               max_seconds=max_seconds, **engine)
 
-
-def moments_with_log_z(params: GraphIsingParams, *, max_seconds: float | None = None, mode: str = "auto",
-                       **engine) -> tuple[Array, Array, Array]:
+def moments_with_log_z(params: GraphIsingParams, *, max_seconds: float | None = None, engine: str | None = None,
+                       chunk_size: int | None = None, devices=None, inner_bits: int | None = None,
+                       mode: str | None = None) -> tuple[Array, Array, Array]:
     """(log Z, mean (n,), edge_corr (E,))."""
     params = validate(params)
     graph = params.graph
-    if use_elimination(graph, max_seconds):
-        return elimination.moments(params.h, params.J, graph, max_seconds=max_seconds, mode=mode)
-    h, J, cfg = _dense_config(params, max_seconds, engine)
-    log_z, mean, corr = enumeration._pairwise_moments_jit(h, J, *cfg)
+    if _eliminate(graph, max_seconds, mode, engine, chunk_size, devices, inner_bits):
+        return elimination.moments(params.h, params.J, graph, max_seconds=max_seconds,
+                                   mode="auto" if mode is None else mode)
+    h, J, config = _dense(params, max_seconds, engine, chunk_size, devices, inner_bits)
+    log_z, mean, corr = split.moments_jit(h, J, config)
     return log_z, mean, corr[graph.edges[:, 0], graph.edges[:, 1]]
 
 
-def _dense_config(params, max_seconds, engine):
-    from jaxebm import ising
-
-    return ising._config(ising.IsingParams(params.h, _dense_J(params.J, params.graph)), max_seconds, engine)
-
-
-def moments(params: GraphIsingParams, *, max_seconds: float | None = None, **engine) -> tuple[Array, Array]:
-    _, mean, edge_corr = moments_with_log_z(params, max_seconds=max_seconds, **engine)
+def moments(params: GraphIsingParams, *, max_seconds: float | None = None, engine: str | None = None,
+            chunk_size: int | None = None, devices=None, inner_bits: int | None = None,
+            mode: str | None = None) -> tuple[Array, Array]:
+    _, mean, edge_corr = moments_with_log_z(params, max_seconds=max_seconds, engine=engine, chunk_size=chunk_size,
+                                            devices=devices, inner_bits=inner_bits, mode=mode)
     return mean, edge_corr
 
 
@@ -230,7 +253,8 @@ def _moment_arg(name, value, size):
 
 
 def nll_from_moments(params: GraphIsingParams, mean: ArrayLike, edge_corr: ArrayLike, *,
-                     max_seconds: float | None = None, **engine) -> Array:
+                     max_seconds: float | None = None, engine: str | None = None, chunk_size: int | None = None,
+                     devices=None, inner_bits: int | None = None, mode: str | None = None) -> Array:
     r""":math:`\log Z - h^\top \bar x - \sum_e J_e \overline{x_i x_j}` from the data's sufficient
     statistics (:func:`data_moments`)."""
     params = validate(params)
@@ -238,19 +262,58 @@ def nll_from_moments(params: GraphIsingParams, mean: ArrayLike, edge_corr: Array
     mean = _moment_arg("mean", mean, graph.n).astype(params.h.dtype)
     edge_corr = _moment_arg("edge_corr", edge_corr, graph.num_edges).astype(params.h.dtype)
     data_term = jnp.dot(params.h, mean, precision=HIGHEST) + jnp.dot(params.J, edge_corr, precision=HIGHEST)
-    return log_partition(params, max_seconds=max_seconds, **engine) - data_term
+    return log_partition(params, max_seconds=max_seconds, engine=engine, chunk_size=chunk_size, devices=devices,
+                         inner_bits=inner_bits, mode=mode) - data_term
 
 
-def log_prob(params: GraphIsingParams, x: ArrayLike, *, max_seconds: float | None = None, **engine) -> Array:
+def log_prob(params: GraphIsingParams, x: ArrayLike, *, max_seconds: float | None = None, engine: str | None = None,
+             chunk_size: int | None = None, devices=None, inner_bits: int | None = None,
+             mode: str | None = None) -> Array:
     params = validate(params)
     x = _spins("x", x, params.graph.n)
-    return _log_weight(params.h, params.J, params.graph, x) - log_partition(params, max_seconds=max_seconds, **engine)
+    return _log_weight(params.h, params.J, params.graph, x) - log_partition(
+        params, max_seconds=max_seconds, engine=engine, chunk_size=chunk_size, devices=devices,
+        inner_bits=inner_bits, mode=mode)
 
 
-def nll(params: GraphIsingParams, data: ArrayLike, *, max_seconds: float | None = None, **engine) -> Array:
+def nll(params: GraphIsingParams, data: ArrayLike, *, max_seconds: float | None = None, engine: str | None = None,
+        chunk_size: int | None = None, devices=None, inner_bits: int | None = None,
+        mode: str | None = None) -> Array:
     params = validate(params)
     mean, edge_corr = data_moments(data, params.graph)
-    return nll_from_moments(params, mean, edge_corr, max_seconds=max_seconds, **engine)
+    return nll_from_moments(params, mean, edge_corr, max_seconds=max_seconds, engine=engine, chunk_size=chunk_size,
+                            devices=devices, inner_bits=inner_bits, mode=mode)
+
+
+def moment_residual(params: GraphIsingParams, data: ArrayLike, *, max_seconds: float | None = None,
+                    engine: str | None = None, chunk_size: int | None = None, devices=None,
+                    inner_bits: int | None = None, mode: str | None = None) -> Array:
+    r""":math:`\max(\max_k |\bar x_k - \langle x_k\rangle|, \max_e |\overline{x_i x_j} - \langle x_i x_j\rangle|)`."""
+    params = validate(params)
+    mean_d, corr_d = data_moments(data, params.graph)
+    mean_m, corr_m = moments(params, max_seconds=max_seconds, engine=engine, chunk_size=chunk_size, devices=devices,
+                             inner_bits=inner_bits, mode=mode)
+    return jnp.maximum(jnp.max(jnp.abs(mean_d - mean_m)), jnp.max(jnp.abs(corr_d - corr_m), initial=0.0))
+
+
+def kl(params_p: GraphIsingParams, params_q: GraphIsingParams, *, max_seconds: float | None = None,
+       engine: str | None = None, chunk_size: int | None = None, devices=None, inner_bits: int | None = None,
+       mode: str | None = None) -> Array:
+    r""":math:`D_{KL}(p\|q) = (h_p - h_q)^\top \langle x\rangle_p + \sum_e (J_p - J_q)_e
+    \langle x_i x_j\rangle_p - \log Z_p + \log Z_q` (Eq. (2.6)) for two models on one graph."""
+    params_p, params_q = validate(params_p, "params_p"), validate(params_q, "params_q")
+    if params_p.graph != params_q.graph:
+        raise ValueError("params_p and params_q must be on the same graph (equal edges); got graphs with "
+                         f"{params_p.graph.n} and {params_q.graph.n} nodes, {params_p.graph.num_edges} and "
+                         f"{params_q.graph.num_edges} edges.")
+    options = dict(max_seconds=max_seconds, engine=engine, chunk_size=chunk_size, devices=devices,
+                   inner_bits=inner_bits, mode=mode)
+    log_zp, mean_p, corr_p = moments_with_log_z(params_p, **options)
+    log_zq = log_partition(params_q, **options)
+    dtype = jnp.result_type(mean_p, log_zq)
+    dh = (params_p.h - params_q.h).astype(dtype)
+    dJ = (params_p.J - params_q.J).astype(dtype)
+    return jnp.dot(dh, mean_p, precision=HIGHEST) + jnp.dot(dJ, corr_p, precision=HIGHEST) - log_zp + log_zq
 
 
 def sample_exact(key: PRNGKey, params: GraphIsingParams, num_samples: int, *,
@@ -265,11 +328,13 @@ def sample_exact(key: PRNGKey, params: GraphIsingParams, num_samples: int, *,
                               max_seconds=max_seconds)
 
 
-def fit(optimizer, params: GraphIsingParams, data: ArrayLike, num_steps: int, *, metrics_fn=None,
-        max_seconds: float | None = None, **engine):
+def fit(optimizer, params: GraphIsingParams, data: ArrayLike, num_steps: int, *, metrics_fn=None, opt_state=None,
+        max_seconds: float | None = None, engine: str | None = None, chunk_size: int | None = None,
+        devices=None, inner_bits: int | None = None, mode: str | None = None):
     r"""Exact maximum likelihood on a graph: descent on :math:`\log Z - h^\top \bar x -
     \sum_e J_e \overline{x_i x_j}`, whose gradient is the moment difference
-    :math:`(\langle x\rangle - \bar x,\ \langle x_i x_j\rangle - \overline{x_i x_j})`."""
+    :math:`(\langle x\rangle - \bar x,\ \langle x_i x_j\rangle - \overline{x_i x_j})`.
+    Returns ``(params, jaxebm.optim.RunInfo)`` (see :func:`jaxebm.ising.fit`)."""
     from jaxebm import optim
 
     num_steps = count("num_steps", num_steps)
@@ -277,7 +342,8 @@ def fit(optimizer, params: GraphIsingParams, data: ArrayLike, num_steps: int, *,
         raise ValueError(f"metrics_fn must be callable or None; got {type(metrics_fn).__name__}.")
     params = validate(params)
     graph = params.graph
-    use_elimination(graph, max_seconds)  # refuse an over-budget graph before tracing
+    # refuse an over-budget graph (or clashing options) before tracing
+    _eliminate(graph, max_seconds, mode, engine, chunk_size, devices, inner_bits)
     mean, edge_corr = data_moments(data, graph)
     mean, edge_corr = mean.astype(params.h.dtype), edge_corr.astype(params.h.dtype)
 
@@ -288,6 +354,7 @@ def fit(optimizer, params: GraphIsingParams, data: ArrayLike, num_steps: int, *,
         return out
 
     def loss(p, m, c):
-        return nll_from_moments(p, m, c, max_seconds=max_seconds, **engine)
+        return nll_from_moments(p, m, c, max_seconds=max_seconds, engine=engine, chunk_size=chunk_size,
+                                devices=devices, inner_bits=inner_bits, mode=mode)
 
-    return optim.run(optimizer, loss, params, num_steps, mean, edge_corr, metrics_fn=metrics)
+    return optim.run(optimizer, loss, params, num_steps, mean, edge_corr, metrics_fn=metrics, opt_state=opt_state)

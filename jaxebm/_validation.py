@@ -21,6 +21,9 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+
+from jaxebm.types import PyTree
 
 __all__ = [
     "ConvergenceWarning",
@@ -32,11 +35,14 @@ __all__ = [
     "check_symmetric_zero_diagonal",
     "choice",
     "count",
+    "device_tuple",
     "distribution",
     "finite_scalar",
     "is_concrete",
     "ladder",
+    "optimizer_state",
     "positive_scalar",
+    "power_of_two",
     "probability",
     "regulariser",
     "schedule",
@@ -171,6 +177,8 @@ def finite_scalar(name: str, value, *, minimum: float | None = None, maximum: fl
                   strict: bool = False):
     """A real scalar, finite and within ``[minimum, maximum]`` (open at ``minimum`` when
     ``strict``) when concrete. Returns a Python float when concrete, else the tracer."""
+    if isinstance(value, (str, bytes)):  # float("1e3") would succeed: text is not a number
+        raise ValueError(f"{name} must be a real number; got {value!r}.")
     if np.ndim(value) != 0:
         raise ValueError(f"{name} must be a scalar; got an array of shape {np.shape(value)}.")
     if not is_concrete(value):
@@ -271,3 +279,44 @@ def ladder(name: str, betas, *, last: float | None = None):
         if last is not None and values[-1] != last:
             raise ValueError(f"{name} must end at beta = {last} (the model itself); got {values[-1]!r}.")
     return betas
+
+
+def power_of_two(name: str, value) -> int:
+    """A positive power of two as a Python int (a chunk size: states per chunk)."""
+    out = count(name, value)
+    if out & (out - 1):
+        raise ValueError(f"{name} must be a positive power of two; got {out}.")
+    return out
+
+
+def device_tuple(name: str, value) -> tuple:
+    """Devices to spread work across: ``None`` means ``jax.local_devices()``; otherwise a
+    non-empty sequence of distinct ``jax.Device``s (e.g. ``jax.devices()``), as a tuple."""
+    if value is None:
+        value = jax.local_devices()
+    try:
+        out = tuple(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a sequence of jax devices; got {type(value).__name__}.") from None
+    if not out:
+        raise ValueError(f"{name} must name at least one device.")
+    bad = [d for d in out if not isinstance(d, jax.Device)]
+    if bad:
+        raise ValueError(f"{name} must hold jax devices (jax.devices()); got {bad[0]!r}.")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} must not repeat a device.")
+    return out
+
+
+def optimizer_state(optimizer: optax.GradientTransformation, params: PyTree, opt_state: PyTree | None = None) -> PyTree:
+    """``optimizer.init(params)``, or ``opt_state`` (a state to resume from) once checked to
+    have its structure and shapes (else a ValueError naming ``opt_state``)."""
+    if opt_state is None:
+        return optimizer.init(params)
+    want = jax.eval_shape(optimizer.init, params)
+    got_leaves, got_tree = jax.tree_util.tree_flatten(opt_state)
+    want_leaves, want_tree = jax.tree_util.tree_flatten(want)
+    if got_tree != want_tree or any(jnp.shape(g) != w.shape for g, w in zip(got_leaves, want_leaves)):
+        raise ValueError(f"opt_state must be a state of this optimizer for these params (the structure and shapes "
+                         f"of optimizer.init(params): {want_tree}); got {got_tree}.")
+    return opt_state

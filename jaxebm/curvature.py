@@ -443,16 +443,20 @@ def _warm_power(value_fn, params, vector, eigenvalue, max_iters, tol):
     return lam, unravel(v), k
 
 
-def hessian_bounded_sgd(safety: float = 1.0, every: int = 1, **kwargs) -> optax.GradientTransformationExtraArgs:
+def hessian_bounded_sgd(safety: float = 1.0, every: int = 1, *, num_iters: int = 20, tol: float = 1e-3,
+                        eigenvalue_floor: float = 1e-8, seed: int = 0) -> optax.GradientTransformationExtraArgs:
     r"""Gradient descent with the learning rate :math:`\eta_t = \text{safety}/\lambda_{\max}(H_t)`
     (Eq. (2.35), (2.47)): :func:`scale_by_hessian_bound` chained with ``optax.scale(-1)``.
 
     .. math:: \theta_{t+1} = \theta_t - \frac{\text{safety}}{\hat\lambda_{\max}(\theta_t)}
               \nabla f(\theta_t)
 
+    Arguments as :func:`scale_by_hessian_bound`.
+
     Examples:
       >>> opt = hessian_bounded_sgd(safety=1.0)
       >>> updates, state = opt.update(grads, state, params, value_fn=loss)
     """
-    return optax.chain(scale_by_hessian_bound(safety, every, **kwargs), optax.scale(-1.0))
+    return optax.chain(scale_by_hessian_bound(safety, every, num_iters=num_iters, tol=tol,
+                                              eigenvalue_floor=eigenvalue_floor, seed=seed), optax.scale(-1.0))
 

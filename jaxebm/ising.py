@@ -29,6 +29,8 @@ import numpy as np
 from jax import lax
 
 from jaxebm import _graph_ising, enumeration
+from jaxebm._enum import split
+from jaxebm._enum.codes import float_dtype
 from jaxebm._graph_ising import GraphIsingParams, edwards_anderson, to_dense
 from jaxebm._numerics import HIGHEST
 from jaxebm._validation import (
@@ -37,9 +39,12 @@ from jaxebm._validation import (
     check_ndim,
     check_spins,
     check_symmetric_zero_diagonal,
+    choice,
     count,
+    device_tuple,
     finite_scalar,
     is_concrete,
+    power_of_two,
 )
 from jaxebm.types import Array, ArrayLike, PRNGKey
 
@@ -176,7 +181,7 @@ def init(key: PRNGKey, n: int, scale: float = 0.01, dtype=jnp.float32) -> IsingP
     diagonal."""
     n = count("n", n)
     scale = finite_scalar("scale", scale, minimum=0.0)
-    dtype = enumeration._float_dtype(dtype)
+    dtype = float_dtype(dtype)
     key_h, key_J = jax.random.split(key)
     h = scale * jax.random.normal(key_h, (n,), dtype)
     upper = jnp.triu(scale * jax.random.normal(key_J, (n, n), dtype), 1)
@@ -190,14 +195,16 @@ def sherrington_kirkpatrick(key: PRNGKey, n: int, beta: float = 1.0, field_std: 
     n = count("n", n)
     beta = finite_scalar("beta", beta, minimum=0.0)
     field_std = finite_scalar("field_std", field_std, minimum=0.0)
-    dtype = enumeration._float_dtype(dtype)
+    dtype = float_dtype(dtype)
     key_h, key_J = jax.random.split(key)
     upper = jnp.triu(jax.random.normal(key_J, (n, n), dtype) * (beta / np.sqrt(n)), 1)
     h = field_std * jax.random.normal(key_h, (n,), dtype)
     return IsingParams(h, upper + upper.T)
 
 
-def log_partition(params: IsingParams, *, max_seconds: float | None = None, **engine) -> Array:
+def log_partition(params: IsingParams, *, max_seconds: float | None = None, engine: str | None = None,
+                  chunk_size: int | None = None, devices=None, inner_bits: int | None = None,
+                  mode: str | None = None) -> Array:
     r"""Exact :math:`\log Z_\theta` by split enumeration (Eq. (2.29)).
 
     .. math:: \log Z = \log \sum_{x \in \{-1,+1\}^n} \exp\big(\tfrac12 x^\top J x + h^\top x\big)
@@ -207,72 +214,100 @@ def log_partition(params: IsingParams, *, max_seconds: float | None = None, **en
     the brute-force ``logsumexp`` gives, from one streamed pass without storing states.
 
     Args:
-      params: the model.
-      max_seconds: refuse (ValueError, with state count and time estimate) beyond this.
-      **engine: ``inner_bits``, ``chunk_size``, ``devices``, ``engine`` for
-        :func:`jaxebm.enumeration.pairwise_log_partition`.
+      params: the model (``IsingParams`` or ``GraphIsingParams``).
+      max_seconds: refuse (ValueError, with the state count and the estimated time) beyond
+        this estimated time (default :data:`jaxebm.enumeration.DEFAULT_MAX_SECONDS`).
+      engine: ``"auto"`` (default), ``"xla"`` or ``"pallas"`` (the fused kernel of
+        :mod:`jaxebm.kernels`; interpreted, hence slow, off GPU).
+      chunk_size: outer states per chunk, a power of two (default: from a memory budget).
+      devices: devices to shard the state range across (default: all local devices; pass
+        ``jax.devices()`` to span the processes of a ``jax.distributed`` run).
+      inner_bits: advanced: spins in the split engine's precomputed inner block (default: by
+        backend).
+      mode: ``GraphIsingParams`` only: the arithmetic of the elimination, ``"auto"``,
+        ``"linear"`` or ``"log"`` (:func:`jaxebm.elimination.log_partition`).
+
+    These options are taken, the same way, by every exact function of this module
+    (:func:`moments`, :func:`log_prob`, :func:`nll`, :func:`nll_from_moments`,
+    :func:`moment_residual`, :func:`kl`; :func:`fisher` all but ``inner_bits`` and ``mode``)
+    and of :mod:`jaxebm.rbm`. An option that cannot apply is refused (ValueError), never
+    ignored: ``mode`` for a dense ``IsingParams``, ``engine="pallas"`` for :func:`fisher`.
 
     Like every function here it validates its inputs at the entry (:func:`validate_params`;
     values only when concrete, so not under a caller's ``jit``) and runs cached compiled
     work: eager calls with new values of the same shapes compile once.
 
     For :class:`GraphIsingParams` the spins are summed out along the graph's elimination
-    order (:func:`jaxebm.elimination.log_partition`, cost about ``n * 2^width``; option
-    ``mode``) when that is estimated cheaper than enumerating the dense model; a width over
-    budget is refused with the width, the state count and the estimated time.
+    order (:func:`jaxebm.elimination.log_partition`, cost about ``n * 2^width``) when that is
+    estimated cheaper than enumerating the dense model. Passing ``mode`` asks for elimination,
+    passing ``engine``, ``chunk_size``, ``devices`` or ``inner_bits`` for dense enumeration
+    (both at once is a ValueError). A width over budget is refused with the width, the state
+    count and the estimated time.
     """
+    options = _options(max_seconds, engine, chunk_size, devices, inner_bits, mode)
     if isinstance(params, GraphIsingParams):
-        return _graph_ising.log_partition(params, max_seconds=max_seconds, **engine)
-    h, J, cfg = _config(params, max_seconds, engine)
-    return enumeration._pairwise_log_z_jit(h, J, *cfg)
+        return _graph_ising.log_partition(params, **options)
+    h, J, config = _dense(params, **options)
+    return split.log_z_jit(h, J, config)
 
 
-_ENGINE_KEYS = ("inner_bits", "chunk_size", "devices", "engine")
+def _options(max_seconds, engine, chunk_size, devices, inner_bits, mode) -> dict:
+    """The exact functions' keyword options, to pass on."""
+    return dict(max_seconds=max_seconds, engine=engine, chunk_size=chunk_size, devices=devices,
+                inner_bits=inner_bits, mode=mode)
 
 
-def _config(params, max_seconds, engine, name: str = "params"):
-    """Validated ``(h, J)`` and the static enumeration configuration ``(plan, devices,
-    engine)`` on which the compiled work is cached."""
-    unknown = sorted(set(engine) - set(_ENGINE_KEYS))
-    if unknown:
-        raise TypeError(f"unexpected keyword argument(s) {', '.join(map(repr, unknown))}; the enumeration "
-                        f"options are {', '.join(_ENGINE_KEYS)}.")
+def _dense(params, *, max_seconds=None, engine=None, chunk_size=None, devices=None, inner_bits=None, mode=None,
+           name: str = "params"):
+    """Validated dense ``(h, J)`` (float32 or wider) and the static split configuration on
+    which the compiled work is cached; refuses n over budget and options that cannot apply."""
     params = validate_params(params, name)
-    h, J, plan, devices, eng = enumeration._resolve(params.h, params.J, engine.get("inner_bits"),
-                                                    engine.get("chunk_size"), max_seconds, engine.get("devices"),
-                                                    engine.get("engine"))
-    return h, J, (plan, devices, eng)
+    if mode is not None:
+        raise ValueError(f"mode={mode!r} is the elimination's arithmetic, for GraphIsingParams; {name} is a dense "
+                         "IsingParams (enumerated by the split engine). Drop mode.")
+    config = split.pairwise_config(params.h.shape[0], max_seconds=max_seconds, engine=engine,
+                                   chunk_size=chunk_size, devices=devices, inner_bits=inner_bits)
+    dtype = jnp.result_type(params.h, params.J, jnp.float32)
+    return params.h.astype(dtype), params.J.astype(dtype), config
 
 
-def moments(params: IsingParams, *, max_seconds: float | None = None, **engine) -> tuple[Array, Array]:
+def moments(params: IsingParams, *, max_seconds: float | None = None, engine: str | None = None,
+            chunk_size: int | None = None, devices=None, inner_bits: int | None = None,
+            mode: str | None = None) -> tuple[Array, Array]:
     r"""Exact model moments :math:`(\langle x_k\rangle, \langle x_k x_l\rangle)` (Eq. (2.31)-(2.32)).
+
+    Options as :func:`log_partition`.
 
     Returns:
       ``(mean (n,), corr (n, n))`` with ``corr`` having a unit diagonal; for
       :class:`GraphIsingParams`, ``(mean (n,), edge_corr (E,))``, the sufficient statistics
       :math:`\langle x_i x_j \rangle` per edge, exact by elimination or enumeration.
     """
+    options = _options(max_seconds, engine, chunk_size, devices, inner_bits, mode)
     if isinstance(params, GraphIsingParams):
-        return _graph_ising.moments(params, max_seconds=max_seconds, **engine)
-    h, J, cfg = _config(params, max_seconds, engine)
-    _, mean, corr = enumeration._pairwise_moments_jit(h, J, *cfg)
+        return _graph_ising.moments(params, **options)
+    h, J, config = _dense(params, **options)
+    _, mean, corr = split.moments_jit(h, J, config)
     return mean, corr
 
 
-def log_prob(params: IsingParams, x: ArrayLike, **engine) -> Array:
+def log_prob(params: IsingParams, x: ArrayLike, *, max_seconds: float | None = None, engine: str | None = None,
+             chunk_size: int | None = None, devices=None, inner_bits: int | None = None,
+             mode: str | None = None) -> Array:
     r"""Exact :math:`\log q_\theta(x) = \tfrac12 x^\top J x + h^\top x - \log Z` (Eq. (2.28)).
 
-    ``x``: spins of shape ``(n,)`` or ``(batch, n)``."""
+    ``x``: spins of shape ``(n,)`` or ``(batch, n)``. Options as :func:`log_partition`."""
+    options = _options(max_seconds, engine, chunk_size, devices, inner_bits, mode)
     if isinstance(params, GraphIsingParams):
-        return _graph_ising.log_prob(params, x, **engine)
-    h, J, cfg = _config(params, engine.pop("max_seconds", None), engine)
+        return _graph_ising.log_prob(params, x, **options)
+    h, J, config = _dense(params, **options)
     x = _spins_arg("x", x, h.shape[0])
-    return _log_prob(h, J, x, *cfg)
+    return _log_prob(h, J, x, config)
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5))
-def _log_prob(h, J, x, plan, devices, engine):
-    return _log_weight(h, J, x.astype(h.dtype)) - enumeration._pairwise_log_z(h, J, plan, devices, engine)
+@functools.partial(jax.jit, static_argnums=(3,))
+def _log_prob(h, J, x, config):
+    return _log_weight(h, J, x.astype(h.dtype)) - split.log_z(h, J, config)
 
 
 def data_moments(data: ArrayLike, graph=None) -> tuple[Array, Array]:
@@ -294,7 +329,9 @@ def _data_moments(data):
     return mean, corr.at[jnp.diag_indices(data.shape[1])].set(1.0)
 
 
-def nll_from_moments(params: IsingParams, mean: ArrayLike, corr: ArrayLike, **engine) -> Array:
+def nll_from_moments(params: IsingParams, mean: ArrayLike, corr: ArrayLike, *, max_seconds: float | None = None,
+                     engine: str | None = None, chunk_size: int | None = None, devices=None,
+                     inner_bits: int | None = None, mode: str | None = None) -> Array:
     r"""The nll of Eq. (2.30) from the data moments :math:`(\bar x, \overline{xx^\top})`:
 
     .. math:: \mathcal{L}(\theta) = \log Z_\theta - h^\top \bar x - \tfrac12 \sum_{kl} J_{kl}
@@ -304,13 +341,15 @@ def nll_from_moments(params: IsingParams, mean: ArrayLike, corr: ArrayLike, **en
     loops compute them once (:func:`data_moments`). ``mean`` and ``corr`` must be finite
     with entries in [-1, 1] (checked when concrete). For :class:`GraphIsingParams`, ``corr``
     is the ``(E,)`` vector of per-edge correlations (``data_moments(data, graph)``) and the
-    data term is :math:`h^\top \bar x + \sum_e J_e \overline{x_i x_j}`."""
+    data term is :math:`h^\top \bar x + \sum_e J_e \overline{x_i x_j}`. Options as
+    :func:`log_partition`."""
+    options = _options(max_seconds, engine, chunk_size, devices, inner_bits, mode)
     if isinstance(params, GraphIsingParams):
-        return _graph_ising.nll_from_moments(params, mean, corr, **engine)
-    h, J, cfg = _config(params, engine.pop("max_seconds", None), engine)
+        return _graph_ising.nll_from_moments(params, mean, corr, **options)
+    h, J, config = _dense(params, **options)
     n = h.shape[0]
     mean, corr = _moment_arg("mean", mean, (n,)), _moment_arg("corr", corr, (n, n))
-    return _nll_from_moments(h, J, mean.astype(h.dtype), corr.astype(h.dtype), *cfg)
+    return _nll_from_moments(h, J, mean.astype(h.dtype), corr.astype(h.dtype), config)
 
 
 def _moment_arg(name, value, shape):
@@ -328,12 +367,14 @@ def _data_term(h, J, mean, corr):
     return jnp.dot(h, mean, precision=HIGHEST) + 0.5 * jnp.sum(J * corr)
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 6))
-def _nll_from_moments(h, J, mean, corr, plan, devices, engine):
-    return enumeration._pairwise_log_z(h, J, plan, devices, engine) - _data_term(h, J, mean, corr)
+@functools.partial(jax.jit, static_argnums=(4,))
+def _nll_from_moments(h, J, mean, corr, config):
+    return split.log_z(h, J, config) - _data_term(h, J, mean, corr)
 
 
-def nll(params: IsingParams, data: ArrayLike, **engine) -> Array:
+def nll(params: IsingParams, data: ArrayLike, *, max_seconds: float | None = None, engine: str | None = None,
+        chunk_size: int | None = None, devices=None, inner_bits: int | None = None,
+        mode: str | None = None) -> Array:
     r"""Mean negative log-likelihood of ``data``: the KL divergence of Eq. (2.30) up to the
     data-entropy constant.
 
@@ -343,57 +384,75 @@ def nll(params: IsingParams, data: ArrayLike, **engine) -> Array:
 
     Its gradient is the moment difference :math:`\langle\phi\rangle_\theta - \langle\phi\rangle_{data}`,
     exactly zero on the diagonal of ``J``. For :class:`GraphIsingParams` the data enter
-    through their means and per-edge correlations.
+    through their means and per-edge correlations. Options as :func:`log_partition`.
     """
+    options = _options(max_seconds, engine, chunk_size, devices, inner_bits, mode)
     if isinstance(params, GraphIsingParams):
-        return _graph_ising.nll(params, data, **engine)
-    h, J, cfg = _config(params, engine.pop("max_seconds", None), engine)
+        return _graph_ising.nll(params, data, **options)
+    h, J, config = _dense(params, **options)
     data = validate_data(data, h.shape[0])
-    return _nll(h, J, data.astype(h.dtype), *cfg)
+    return _nll(h, J, data.astype(h.dtype), config)
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5))
-def _nll(h, J, data, plan, devices, engine):
+@functools.partial(jax.jit, static_argnums=(3,))
+def _nll(h, J, data, config):
     mean, corr = _data_moments(data)
-    return enumeration._pairwise_log_z(h, J, plan, devices, engine) - _data_term(h, J, mean, corr)
+    return split.log_z(h, J, config) - _data_term(h, J, mean, corr)
 
 
-def moment_residual(params: IsingParams, data: ArrayLike, **engine) -> Array:
+def moment_residual(params: IsingParams, data: ArrayLike, *, max_seconds: float | None = None,
+                    engine: str | None = None, chunk_size: int | None = None, devices=None,
+                    inner_bits: int | None = None, mode: str | None = None) -> Array:
     r"""Largest violation of the moment-matching conditions (2.31)-(2.32):
-    :math:`\max(\max_k |m_k - \langle x_k\rangle|, \max_{k<l} |C_{kl} - \langle x_k x_l\rangle|)`."""
-    h, J, cfg = _config(params, engine.pop("max_seconds", None), engine)
+    :math:`\max(\max_k |m_k - \langle x_k\rangle|, \max_{k<l} |C_{kl} - \langle x_k x_l\rangle|)`.
+
+    For :class:`GraphIsingParams` the pairs are the graph's edges. Options as
+    :func:`log_partition`."""
+    options = _options(max_seconds, engine, chunk_size, devices, inner_bits, mode)
+    if isinstance(params, GraphIsingParams):
+        return _graph_ising.moment_residual(params, data, **options)
+    h, J, config = _dense(params, **options)
     data = validate_data(data, h.shape[0])
-    return _moment_residual(h, J, data.astype(h.dtype), *cfg)
+    return _moment_residual(h, J, data.astype(h.dtype), config)
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5))
-def _moment_residual(h, J, data, plan, devices, engine):
+@functools.partial(jax.jit, static_argnums=(3,))
+def _moment_residual(h, J, data, config):
     mean_d, corr_d = _data_moments(data)
-    _, mean_m, corr_m = enumeration._pairwise_moments_jit(h, J, plan, devices, engine)
+    _, mean_m, corr_m = split.moments(h, J, config)
     return jnp.maximum(jnp.max(jnp.abs(mean_d - mean_m)), jnp.max(jnp.abs(corr_d - corr_m)))
 
 
-def kl(params_p: IsingParams, params_q: IsingParams, **engine) -> Array:
+def kl(params_p: IsingParams, params_q: IsingParams, *, max_seconds: float | None = None,
+       engine: str | None = None, chunk_size: int | None = None, devices=None, inner_bits: int | None = None,
+       mode: str | None = None) -> Array:
     r"""Exact :math:`D_{KL}(p \,\|\, q)` between two Ising models on the same spins (Eq. (2.6)).
 
     .. math:: D_{KL}(p\|q) = (h_p - h_q)^\top \langle x\rangle_p
               + \tfrac12 \sum_{kl} (J_p - J_q)_{kl} \langle x_k x_l\rangle_p
               - \log Z_p + \log Z_q
+
+    Two :class:`GraphIsingParams` on the same graph use their sufficient statistics (and
+    elimination where it is cheaper); a ``GraphIsingParams`` paired with a dense model is
+    compared as :func:`to_dense`. Options as :func:`log_partition`.
     """
-    max_seconds = engine.pop("max_seconds", None)
-    hp, Jp, cfg = _config(params_p, max_seconds, dict(engine), name="params_p")
-    hq, Jq, _ = _config(params_q, max_seconds, dict(engine), name="params_q")
+    options = _options(max_seconds, engine, chunk_size, devices, inner_bits, mode)
+    if isinstance(params_p, GraphIsingParams) and isinstance(params_q, GraphIsingParams):
+        return _graph_ising.kl(params_p, params_q, **options)
+    params_p, params_q = (to_dense(p) if isinstance(p, GraphIsingParams) else p for p in (params_p, params_q))
+    hp, Jp, config = _dense(params_p, name="params_p", **options)
+    hq, Jq, _ = _dense(params_q, name="params_q", **options)
     if hq.shape != hp.shape:
         raise ValueError(f"params_p and params_q must have the same number of spins; got {hp.shape[0]} and "
                          f"{hq.shape[0]}.")
     dtype = jnp.result_type(hp, hq)
-    return _kl(hp.astype(dtype), Jp.astype(dtype), hq.astype(dtype), Jq.astype(dtype), *cfg)
+    return _kl(hp.astype(dtype), Jp.astype(dtype), hq.astype(dtype), Jq.astype(dtype), config)
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5, 6))
-def _kl(hp, Jp, hq, Jq, plan, devices, engine):
-    log_zp, mean_p, corr_p = enumeration._pairwise_moments_jit(hp, Jp, plan, devices, engine)
-    log_zq = enumeration._pairwise_log_z(hq, Jq, plan, devices, engine)
+@functools.partial(jax.jit, static_argnums=(4,))
+def _kl(hp, Jp, hq, Jq, config):
+    log_zp, mean_p, corr_p = split.moments(hp, Jp, config)
+    log_zq = split.log_z(hq, Jq, config)
     return _data_term(hp - hq, Jp - Jq, mean_p, corr_p) - log_zp + log_zq
 
 
@@ -450,45 +509,71 @@ def _phi(x):
     return jnp.concatenate([x, x[..., iu[0]] * x[..., iu[1]]], axis=-1)
 
 
-def fisher(params: IsingParams, *, max_seconds: float | None = None, chunk_size: int | None = None) -> Array:
+def fisher(params: IsingParams, *, max_seconds: float | None = None, engine: str | None = None,
+           chunk_size: int | None = None, devices=None) -> Array:
     r"""Exact Fisher information = Hessian of :func:`nll` in flat coordinates (:func:`to_flat`).
 
     .. math:: F(\theta) = \nabla_\theta^2 \,\mathrm{nll}(\theta)
               = \mathrm{Cov}_{q_\theta}[\phi(x)]
               = \langle \phi\phi^\top\rangle - \langle\phi\rangle\langle\phi\rangle^\top
 
-    the derivative of the moment conditions (2.31)-(2.32). Computed by one streamed pass
-    whose per-chunk contribution is the matmul :math:`\Phi^\top \mathrm{diag}(p) \Phi`.
+    the derivative of the moment conditions (2.31)-(2.32). Computed by one streamed pass of
+    the generic engine (:func:`jaxebm.enumeration.covariance_states`) whose per-chunk
+    contribution is the matmul :math:`\Phi^\top \mathrm{diag}(p) \Phi`.
 
     Its cost is :math:`2^n` states times :math:`2p^2` flops for the second moment: the
     time estimate counts both, and refuses (ValueError, with the state count and the
     estimated time) beyond ``max_seconds`` (default
     :data:`jaxebm.enumeration.DEFAULT_MAX_SECONDS`; e.g. n = 28 on a CPU).
 
+    Options as :func:`log_partition`, except that the generic engine has no inner block
+    (no ``inner_bits``) and no fused kernel (``engine`` is ``"auto"`` or ``"xla"``);
+    ``chunk_size`` counts states per chunk. For :class:`GraphIsingParams` the statistics are
+    :math:`\phi = (x_k;\ x_i x_j \text{ per edge})` in the order ``(h, J)``, enumerated
+    densely (no elimination, so no ``mode``).
+
     Returns:
-      ``Float[Array, "p p"]`` with ``p = n + n(n-1)/2``.
+      ``Float[Array, "p p"]`` with ``p = n + n(n-1)/2`` (``p = n + E`` on a graph).
     """
+    graph = params.graph if isinstance(params, GraphIsingParams) else None
     params = validate_params(params)
+    if engine == "pallas":
+        raise ValueError("engine='pallas': fisher runs the generic engine, which has no fused kernel; pass "
+                         "engine='auto' or 'xla'.")
+    if engine is not None:
+        choice("engine", engine, ("auto", "xla"))
+    chunk_size = None if chunk_size is None else power_of_two("chunk_size", chunk_size)
+    devices = device_tuple("devices", devices)
     n = params.h.shape[0]
-    p = n + n * (n - 1) // 2
-    chunk_size = enumeration._chunk_size(chunk_size)
-    enumeration.check_enumerable(n, max_seconds=max_seconds, pairwise=False, what="n (spins)",
-                                 flops_per_state=2.0 * p * p,
+    p = n + (n * (n - 1) // 2 if graph is None else graph.num_edges)
+    enumeration.check_enumerable(n, max_seconds=max_seconds, pairwise=False, num_devices=len(devices),
+                                 what="n (spins)", flops_per_state=2.0 * p * p,
                                  detail=f" with p^2 = {p * p:,} products of the p = {p} sufficient statistics each")
     dtype = jnp.result_type(params.h, params.J, jnp.float32)
-    return _fisher(params.h.astype(dtype), params.J.astype(dtype), chunk_size)
+    return _fisher(params.h.astype(dtype), params.J.astype(dtype), graph, chunk_size, devices)
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
-def _fisher(h, J, chunk_size):
-    theta = _to_flat(h, J)
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _fisher(h, J, graph, chunk_size, devices):
+    if graph is None:
+        theta, phi = _to_flat(h, J), _phi
+    else:
+        theta = jnp.concatenate([h, J])
+        i, j = graph.edges[:, 0], graph.edges[:, 1]
+
+        def phi(x):
+            return jnp.concatenate([x, x[..., i] * x[..., j]], axis=-1)
+
     _, mean, second = enumeration.covariance_states(
-        lambda x: _phi(x) @ theta, _phi, h.shape[0], max_seconds=math.inf, chunk_size=chunk_size)
+        lambda x: jnp.dot(phi(x), theta, precision=HIGHEST), phi, h.shape[0], max_seconds=math.inf,
+        chunk_size=chunk_size, devices=devices)
     cov = second - jnp.outer(mean, mean)
     return 0.5 * (cov + cov.T)
 
 
-def fit(optimizer, params: IsingParams, data: ArrayLike, num_steps: int, *, metrics_fn=None, **engine):
+def fit(optimizer, params: IsingParams, data: ArrayLike, num_steps: int, *, metrics_fn=None, opt_state=None,
+        max_seconds: float | None = None, engine: str | None = None, chunk_size: int | None = None,
+        devices=None, inner_bits: int | None = None, mode: str | None = None):
     r"""Learns an Ising model by exact gradient descent on :func:`nll` with any optax optimiser.
 
     The gradient is the moment difference, so descent is (erratum (2.33): the printed sign is
@@ -498,29 +583,48 @@ def fit(optimizer, params: IsingParams, data: ArrayLike, num_steps: int, *, metr
               J \leftarrow J + \eta(\overline{x x^\top} - \langle x x^\top\rangle_\theta)/2
 
     in ``IsingParams`` coordinates. A thin wrapper of :func:`jaxebm.optim.run` (one
-    ``lax.scan``; jit it at the call site).
+    ``lax.scan``; jit it at the call site). The nll is convex and ``L``-smooth with
+    ``L = ising_smoothness_bound(n)`` (:mod:`jaxebm.curvature`), so ``optax.sgd(eta)`` with
+    ``eta <= 1/L`` never increases the loss history.
+
+    Args:
+      optimizer: any optax optimiser (extra-args transforms receive ``value_fn = nll``).
+      params: initial ``IsingParams`` or ``GraphIsingParams``.
+      data: ``(M, n)`` +-1 data (used through its moments).
+      num_steps: number of updates (static).
+      metrics_fn: optional ``(params, loss, grads, opt_state) -> pytree`` recorded each step.
+      opt_state: optimiser state to resume from (``info.opt_state`` of an earlier fit).
+      max_seconds, engine, chunk_size, devices, inner_bits, mode: the options of
+        :func:`nll` / :func:`log_partition` (``mode`` for graphs only: elimination).
 
     Returns:
-      ``(params, opt_state, history)``; ``history.loss`` is the nll before each step and
-      ``history.metrics`` a dict with the moment residual (Eq. (2.31)-(2.32)) before each
-      step under ``"residual"``, plus whatever ``metrics_fn(params, loss, grads, opt_state)``
-      returns under ``"extra"``.
+      ``(params, info)`` with ``info`` a :class:`jaxebm.optim.RunInfo`: ``info.loss`` the
+      nll before each step, ``info.opt_state`` the final optimiser state, and
+      ``info.metrics`` a dict with the moment residual (Eq. (2.31)-(2.32)) before each step
+      under ``"residual"``, plus whatever ``metrics_fn`` returns under ``"extra"``.
 
     For :class:`GraphIsingParams` the loss is :math:`\log Z - h^\top \bar x - \sum_e J_e
     \overline{x_i x_j}` (data means and per-edge correlations), with exact gradients through
     the elimination (or enumeration) of :func:`log_partition`.
     """
+    options = dict(max_seconds=max_seconds, engine=engine, chunk_size=chunk_size, devices=devices,
+                   inner_bits=inner_bits)
     if isinstance(params, GraphIsingParams):
-        return _graph_ising.fit(optimizer, params, data, num_steps, metrics_fn=metrics_fn, **engine)
+        return _graph_ising.fit(optimizer, params, data, num_steps, metrics_fn=metrics_fn, opt_state=opt_state,
+                                mode=mode, **options)
+    if mode is not None:
+        raise ValueError(f"mode={mode!r} is the elimination's arithmetic, for GraphIsingParams; params is a dense "
+                         "IsingParams (enumerated by the split engine). Drop mode.")
     from jaxebm import optim
 
     num_steps = count("num_steps", num_steps)
     if metrics_fn is not None and not callable(metrics_fn):
         raise ValueError(f"metrics_fn must be callable or None; got {type(metrics_fn).__name__}.")
-    h, J, _ = _config(params, engine.get("max_seconds"), {k: v for k, v in engine.items() if k != "max_seconds"})
-    params = IsingParams(h, J)
-    data = validate_data(data, h.shape[0])
-    mean, corr = _data_moments(data.astype(h.dtype))
+    params = validate_params(params)
+    dtype = jnp.result_type(params.h, params.J, jnp.float32)
+    params = IsingParams(params.h.astype(dtype), params.J.astype(dtype))
+    data = validate_data(data, params.h.shape[0])
+    mean, corr = _data_moments(data.astype(dtype))
 
     def metrics(params, value, grads, opt_state):
         # grad_h = <x> - mean, grad_J = (<xx> - corr)/2: the largest moment violation.
@@ -529,8 +633,9 @@ def fit(optimizer, params: IsingParams, data: ArrayLike, num_steps: int, *, metr
             out["extra"] = metrics_fn(params, value, grads, opt_state)
         return out
 
-    return optim.run(optimizer, lambda p, m, c: nll_from_moments(p, m, c, **engine), params, num_steps, mean, corr,
-                     metrics_fn=metrics)
+    # The enumeration options are checked (and n refused over budget) when the loss is traced.
+    return optim.run(optimizer, lambda p, m, c: nll_from_moments(p, m, c, **options), params, num_steps, mean, corr,
+                     metrics_fn=metrics, opt_state=opt_state)
 
 
 def sample_exact(key: PRNGKey, params: IsingParams, num_samples: int, *,

@@ -13,15 +13,15 @@ c)`, :math:`\langle x\mid z\rangle = \tanh(Wz + b)`, and the marginals are produ
 Erratum (4.81)/(4.82): :math:`v_l` is the l-th *column* of W (the notes say row).
 Erratum (4.86): the empirical distribution has no minus sign.
 
-The exact :math:`\log Z` enumerates the smaller layer (streamed, split into an inner table and
-outer chunks like :func:`jaxebm.enumeration.pairwise_log_partition`) and sums the other layer
-analytically; its custom JVP returns the exact moments from the same pass.
+The exact :math:`\log Z` enumerates the smaller layer and sums the other layer analytically, on
+the split engine of :func:`jaxebm.enumeration.pairwise_log_partition` (the same plan, options,
+budget check and streamed fold: an inner table and outer chunks); its custom JVP returns the
+exact moments from the same pass.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from typing import NamedTuple
 
@@ -32,7 +32,8 @@ import optax
 from jax import lax
 from jax.scipy.special import entr
 
-from jaxebm import enumeration
+from jaxebm import _cache, optim
+from jaxebm._enum import bipartite
 from jaxebm._gibbs import rbm_gibbs_step, spins_given_field
 from jaxebm._numerics import HIGHEST, log2cosh
 from jaxebm._validation import (
@@ -45,11 +46,13 @@ from jaxebm._validation import (
     count,
     finite_scalar,
     is_concrete,
+    optimizer_state,
     positive_scalar,
 )
-from jaxebm.types import Array, ArrayLike, PRNGKey
+from jaxebm.types import Array, ArrayLike, PRNGKey, PyTree
 
 __all__ = [
+    "GEMInfo",
     "RBMParams",
     "cd_grad",
     "elbo",
@@ -77,12 +80,6 @@ __all__ = [
     "visible_log_weight",
     "visible_mean",
 ]
-
-# Elements of the (states x other layer) pre-activation tile per chunk, by backend.
-_TILE_BITS = {"cpu": 21, "gpu": 25, "tpu": 25}
-# Rough throughput (state x unit elements / s) for refusal estimates; README has measurements.
-_ELEMENT_RATE = {"cpu": 1.0e9, "gpu": 2.0e11, "tpu": 1.0e11}
-
 
 class RBMParams(NamedTuple):
     """Parameters of a +-1 RBM.
@@ -161,12 +158,6 @@ def init(key: PRNGKey, n_visible: int, n_hidden: int, scale: float = 0.01, dtype
     return RBMParams(W, jnp.zeros((n_visible,), dtype), jnp.zeros((n_hidden,), dtype))
 
 
-def _sum_log2cosh(a: Array) -> Array:
-    """sum_k log 2cosh(a_k) over the last axis (one fused elementwise pass + reduction;
-    measured faster on XLA CPU than a log-of-products over blocks)."""
-    return jnp.sum(log2cosh(a), axis=-1)
-
-
 def energy(params: RBMParams, x: ArrayLike, z: ArrayLike) -> Array:
     r"""Energy :math:`E(x,z) = -x^\top W z - b^\top x - c^\top z` (Eq. (4.78)); broadcasts over
     leading batch axes."""
@@ -242,235 +233,159 @@ def gibbs_step(key: PRNGKey, params: RBMParams, x: ArrayLike, precision=HIGHEST)
 # Exact log Z and moments
 # --------------------------------------------------------------------------------------
 
-
-class _Plan(NamedTuple):
-    enumerate_hidden: bool  # which layer is enumerated
-    m: int  # enumerated units
-    inner: int  # bits in the precomputed table
-    chunk: int  # outer bits per chunk
+# The split engine of jaxebm._enum.bipartite enumerates the smaller layer (the hidden one on a
+# tie) and sums the other analytically.
 
 
-def _plan(nv: int, nh: int, engine: str = "xla") -> _Plan:
-    enumerate_hidden = nh <= nv
-    m, other = (nh, nv) if enumerate_hidden else (nv, nh)
-    budget = _TILE_BITS.get(jax.default_backend(), 21)
-    other_bits = max(0, math.ceil(math.log2(max(other, 1))))
-    inner = min(m, 12, max(0, budget - other_bits))
-    chunk = min(m - inner, max(0, budget - other_bits - inner))
-    if engine == "pallas":  # the fused kernel holds only (C, other): chunks bounded by launch size
-        inner = min(m, 12)
-        chunk = min(m - inner, 12)
-    return _Plan(enumerate_hidden, m, inner, chunk)
+def _enumerates_hidden(params: RBMParams) -> bool:
+    nv, nh = np.shape(params.W)
+    return nh <= nv
 
 
-def _check_enumerable(nv, nh, max_seconds):
-    m, other = min(nv, nh), max(nv, nh)
-    limit = enumeration.DEFAULT_MAX_SECONDS if max_seconds is None else float(max_seconds)
-    rate = _ELEMENT_RATE.get(jax.default_backend(), _ELEMENT_RATE["cpu"])
-    seconds = (2.0**m) * other / rate
-    if m > 40 or seconds > limit:
-        raise ValueError(
-            f"the smaller RBM layer has {m} units: exact log Z enumerates 2^{m} = {2**m:,} states, each summing "
-            f"{other} units, estimated at {seconds:,.0f} s on {jax.default_backend()}; the limit is "
-            f"max_seconds={limit:g}. Pass a larger max_seconds, or use AIS (jaxebm.mcmc).")
-
-
-def _orient(params: RBMParams, plan: _Plan):
-    """(coupling from enumerated to other layer (m, other), self bias (m,), other bias (other,))."""
-    if plan.enumerate_hidden:
+def _oriented(params: RBMParams):
+    """(couplings from the enumerated layer to the other (m, other), enumerated bias, other bias)."""
+    if _enumerates_hidden(params):
         return params.W.T, params.c, params.b
     return params.W, params.b, params.c
 
 
-def _fold(params: RBMParams, plan: _Plan, with_moments: bool, engine: str = "xla"):
-    dtype = jnp.result_type(params.W, jnp.float32)
-    U, s_bias, o_bias = (a.astype(dtype) for a in _orient(params, plan))  # U: (m, other)
-    m, inner, chunk = plan.m, plan.inner, plan.chunk
-    outer = m - inner
-    num_chunks = 2 ** (outer - chunk)
-    inner_states = enumeration.spins(jnp.arange(2**inner, dtype=jnp.uint32), inner, dtype)
-    table = jnp.dot(inner_states, U[:inner], precision=HIGHEST) + o_bias  # (2^in, other)
-    f_inner = jnp.dot(inner_states, s_bias[:inner], precision=HIGHEST)
-    other = U.shape[1]
-    if with_moments:
-        # accs: p_inner (2^in,), rows @ out_states (outer,), R (other, 1 + m): sum_s P_s tanh(A_s) [1, s]
-        init = (jnp.zeros((2**inner,), dtype), jnp.zeros((outer,), dtype), jnp.zeros((other, 1 + m), dtype))
-    else:
-        init = ()
-    a, bb = enumeration._blocks(inner)
-    if engine == "pallas" and not with_moments:
-        log_z, _ = _fold_pallas(table, f_inner, U[inner:], s_bias[inner:], plan, dtype)
-        return log_z, None, inner_states
-
-    def chunk_step(i, fold, ops):
-        table, f_inner, U_out, s_out = ops
-        out_states = enumeration._chunk_states(i, outer, chunk, dtype)  # (C, outer)
-        out_field = jnp.dot(out_states, U_out, precision=HIGHEST)  # (C, other)
-        A = out_field[:, None, :] + table[None, :, :]  # (C, 2^in, other)
-        L = _sum_log2cosh(A) + f_inner[None, :] + jnp.dot(out_states, s_out, precision=HIGHEST)[:, None]
-        if not with_moments:
-            return enumeration._fold_update(fold, L, lambda P: ())
-        C = out_states.shape[0]
-
-        def contributions(P):
-            # One batched matmul with short contractions (blocks of bb inner states):
-            # R = sum_s tanh(A_s)^T (P_s [1, s_in, s_out]).
-            feats = jnp.concatenate([
-                jnp.ones((C, 2**inner, 1), dtype),
-                jnp.broadcast_to(inner_states[None], (C, 2**inner, inner)),
-                jnp.broadcast_to(out_states[:, None, :], (C, 2**inner, outer))], axis=-1) * P[..., None]
-            T = jnp.tanh(A).reshape(C * a, bb, other)
-            R = jnp.einsum("kbn,kbj->knj", T, feats.reshape(C * a, bb, 1 + m), precision=HIGHEST)
-            rows = enumeration._blocked_sum_last(P, inner)
-            return (jnp.sum(P, axis=0), jnp.dot(rows, out_states, precision=HIGHEST), jnp.sum(R, axis=0))
-
-        return enumeration._fold_update(fold, L, contributions)
-
-    ops = (table, f_inner, U[inner:], s_bias[inner:])
-    devices = tuple(jax.local_devices())
-    (log_z, accs) = enumeration._run_fold(chunk_step, init, num_chunks, dtype, ops, devices)
-    return log_z, accs, inner_states
+def _exact_setup(params, *, max_seconds=None, engine=None, chunk_size=None, devices=None, inner_bits=None):
+    """Validated params and the static split configuration that keys the compiled exact passes;
+    refuses (ValueError, naming the smaller layer, with the state count and the estimated time)
+    an enumeration over ``max_seconds``."""
+    params = _validate(params)
+    nv, nh = np.shape(params.W)
+    layer = "n_hidden" if nh <= nv else "n_visible"
+    config = bipartite.bipartite_config(min(nv, nh), max(nv, nh), max_seconds=max_seconds, engine=engine,
+                                        chunk_size=chunk_size, devices=devices, inner_bits=inner_bits,
+                                        what=f"{layer} (the smaller layer of params)")
+    return params, config
 
 
-def _fold_pallas(table, f_inner, U_out, s_out, plan: _Plan, dtype):
-    """log Z with each chunk's rows reduced by the fused kernel (:func:`jaxebm.kernels.rbm_rows`):
-    the ``(C, 2^inner, other)`` pre-activations never reach memory."""
-    from jaxebm import kernels
-
-    other = table.shape[1]
-    tile_units = kernels.RBM_TILE_UNITS
-    pad = -other % tile_units
-    table = jnp.pad(table, ((0, 0), (0, pad)))
-    U_out = jnp.pad(U_out, ((0, 0), (0, pad)))
-    pad_constant = pad * np.log(2.0)  # each zero-padded unit adds log 2cosh(0) = log 2
-    chunk, outer = plan.chunk, plan.m - plan.inner
-
-    def chunk_step(i, fold, ops):
-        table, f_inner, U_out, s_out = ops
-        out_states = enumeration._chunk_states(i, outer, chunk, dtype)
-        out_field = jnp.dot(out_states, U_out, precision=HIGHEST)
-        f_out = jnp.dot(out_states, s_out, precision=HIGHEST) - pad_constant
-        rows = kernels.rbm_rows(out_field, f_out, table, f_inner, tile_units=tile_units)
-        return enumeration._fold_update(fold, rows, lambda P: ())
-
-    ops = (table, f_inner, U_out, s_out)
-    devices = tuple(jax.local_devices())
-    return enumeration._run_fold(chunk_step, (), 2 ** (outer - chunk), dtype, ops, devices)
+def _log_z(params: RBMParams, config) -> Array:
+    return bipartite.log_z(*_oriented(params), config)
 
 
-def _assemble(plan: _Plan, accs, inner_states):
-    p_inner, m_out, R = accs
-    # renormalise the inner marginal by its own sum (self-consistent weighted averages)
-    total = enumeration._blocked_sum_last(p_inner, plan.inner)
-    m_in = enumeration._blocked_matmul(p_inner, inner_states, plan.inner) / total
-    enum_mean = jnp.concatenate([m_in, m_out])
-    other_mean, cross = R[:, 0], R[:, 1:]  # cross: (other, m)
-    if plan.enumerate_hidden:  # other = visible
-        return other_mean, enum_mean, cross
-    return enum_mean, other_mean, cross.T
+def _moments(params: RBMParams, config):
+    """(log Z, <x>, <z>, <x z^T>) in one pass."""
+    log_z, mean_s, mean_o, cross = bipartite.moments(*_oriented(params), config)
+    if _enumerates_hidden(params):  # the other layer is the visible one: cross is (n_visible, n_hidden)
+        return log_z, mean_o, mean_s, cross
+    return log_z, mean_s, mean_o, cross.T
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
-def _log_z(params: RBMParams, plan: _Plan, engine: str) -> Array:
-    return _fold(params, plan, with_moments=False, engine=engine)[0]
+# Module-level jitted work, keyed on the static configuration: an eager call with new values of
+# the same shapes compiles nothing (a closure built per call would defeat the cache).
+_log_z_jit = jax.jit(_log_z, static_argnums=(1,))
+_moments_jit = jax.jit(lambda params, config: _moments(params, config)[1:], static_argnums=(1,))
 
 
-@_log_z.defjvp
-def _log_z_jvp(plan, engine, primals, tangents):
-    # The moments come from the XLA path whatever the engine (the fused kernel is log Z only).
-    (params,), (dparams,) = primals, tangents
-    log_z, accs, inner_states = _fold(params, plan, with_moments=True)
-    mean_x, mean_z, xz = _assemble(plan, accs, inner_states)
-    return log_z, jnp.sum(xz * dparams.W) + jnp.dot(mean_x, dparams.b) + jnp.dot(mean_z, dparams.c)
+def _nll(params: RBMParams, data: Array, config) -> Array:
+    return _log_z(params, config) - jnp.mean(_visible_log_weight(params, data.astype(params.W.dtype)))
 
 
-def log_partition(params: RBMParams, *, max_seconds: float | None = None, engine: str | None = None) -> Array:
+_nll_jit = jax.jit(_nll, static_argnums=(2,))
+_exact_grad_jit = jax.jit(jax.grad(_nll), static_argnums=(2,))
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _log_prob_jit(params: RBMParams, x: Array, config) -> Array:
+    return _visible_log_weight(params, x) - _log_z(params, config)
+
+
+def log_partition(params: RBMParams, *, max_seconds: float | None = None, engine: str | None = None,
+                  chunk_size: int | None = None, devices=None, inner_bits: int | None = None) -> Array:
     r"""Exact :math:`\log Z` (Eq. (4.80)) by enumerating the smaller layer.
 
     .. math:: \log Z = \log \sum_{z} \exp\Big(c^\top z + \sum_k \log 2\cosh((Wz)_k + b_k)\Big)
 
     (or the same over :math:`x` when the visible layer is smaller). Streamed in chunks; the
-    enumerated layer is split into a precomputed inner table and outer chunks so each state
-    costs one add per unit of the other layer plus one stable ``log2cosh``. Matmuls at
-    ``Precision.HIGHEST``. Differentiable: the custom JVP gives the
-    exact :math:`\langle x z^\top\rangle, \langle x\rangle, \langle z\rangle` from one pass.
-    Refuses (ValueError with state count and estimated time) too large a smaller layer.
+    enumerated layer is split into a precomputed inner table and outer chunks (the split
+    engine of :func:`jaxebm.enumeration.pairwise_log_partition`), so each state costs one add
+    per unit of the other layer plus one stable ``log2cosh``. Matmuls at
+    ``Precision.HIGHEST``. Differentiable: the custom JVP gives the exact
+    :math:`\langle x z^\top\rangle, \langle x\rangle, \langle z\rangle` from one pass.
 
-    ``engine``: ``"auto"`` (default), ``"xla"`` or ``"pallas"`` (the fused kernel
-    :func:`jaxebm.kernels.rbm_rows`; interpreted, hence slow, off GPU). The gradient always
-    comes from the XLA moments pass.
+    Args:
+      params: the RBM.
+      max_seconds: refuse (ValueError, naming the smaller layer, with the state count and the
+        estimated time) beyond this estimated time (default
+        :data:`jaxebm.enumeration.DEFAULT_MAX_SECONDS`).
+      engine: ``"auto"`` (default), ``"xla"`` or ``"pallas"`` (the fused kernel
+        :func:`jaxebm.kernels.rbm_rows`; interpreted, hence slow, off GPU). The kernel computes
+        log Z only: gradients and moments always come from the XLA pass.
+      chunk_size: outer states of the enumerated layer per chunk, a power of two (default:
+        from a memory budget).
+      devices: devices to shard the enumeration across (default: all local devices).
+      inner_bits: advanced: units of the enumerated layer in the precomputed inner table
+        (default: by backend and memory budget).
 
-    Compiled once per shape, dtype and plan: eager calls with new values reuse the program.
+    The same options, accepted the same way, are taken by :func:`moments`, :func:`log_prob`,
+    :func:`nll`, :func:`exact_grad`, :func:`q_function` and :func:`elbo` (and by the exact
+    functions of :mod:`jaxebm.ising`).
+
+    Compiled once per shape, dtype and configuration: eager calls with new values reuse the
+    program.
     """
-    params, plan, engine = _exact_setup(params, max_seconds, engine)
-    return _log_z_jit(params, plan, engine)
+    params, config = _exact_setup(params, max_seconds=max_seconds, engine=engine, chunk_size=chunk_size,
+                                  devices=devices, inner_bits=inner_bits)
+    return _log_z_jit(params, config)
 
 
-def _exact_setup(params, max_seconds, engine="xla"):
-    """Validated params and the static (plan, engine) that key the compiled exact passes."""
-    from jaxebm import kernels
-
-    params = _validate(params)
-    nv, nh = np.shape(params.W)
-    _check_enumerable(nv, nh, max_seconds)
-    engine = kernels.resolve(engine)
-    return params, _plan(nv, nh, engine), engine
-
-
-# Module-level jitted work, keyed on the static (plan, engine): an eager call with new values of
-# the same shapes compiles nothing (a closure built per call would defeat the cache).
-_log_z_jit = jax.jit(_log_z, static_argnums=(1, 2))
-
-
-@functools.partial(jax.jit, static_argnums=(1,))
-def _moments_jit(params: RBMParams, plan: _Plan):
-    _, accs, inner_states = _fold(params, plan, with_moments=True)
-    return _assemble(plan, accs, inner_states)
-
-
-def _nll(params: RBMParams, data: Array, plan: _Plan, engine: str) -> Array:
-    return _log_z(params, plan, engine) - jnp.mean(_visible_log_weight(params, data.astype(params.W.dtype)))
-
-
-_nll_jit = jax.jit(_nll, static_argnums=(2, 3))
-_exact_grad_jit = jax.jit(jax.grad(_nll), static_argnums=(2, 3))
-
-
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _log_prob_jit(params: RBMParams, x: Array, plan: _Plan, engine: str) -> Array:
-    return _visible_log_weight(params, x) - _log_z(params, plan, engine)
-
-
-def moments(params: RBMParams, *, max_seconds: float | None = None) -> tuple[Array, Array, Array]:
+def moments(params: RBMParams, *, max_seconds: float | None = None, engine: str | None = None,
+            chunk_size: int | None = None, devices=None, inner_bits: int | None = None
+            ) -> tuple[Array, Array, Array]:
     r"""Exact model moments :math:`(\langle x\rangle, \langle z\rangle, \langle x z^\top\rangle)`,
-    the negative phase of Eq. (4.87)."""
-    params, plan, _ = _exact_setup(params, max_seconds, "xla")
-    return _moments_jit(params, plan)
+    the negative phase of Eq. (4.87).
+
+    .. math:: \langle x z^\top\rangle = \frac1Z \sum_{z} e^{c^\top z}
+              \prod_k 2\cosh\big((Wz)_k + b_k\big)\; \tanh(Wz + b)\, z^\top
+
+    (enumerating the hidden layer; symmetrically when the visible layer is smaller). Options
+    as :func:`log_partition`; ``engine="pallas"`` is refused, since the fused kernel computes
+    log Z only.
+
+    Returns:
+      ``(mean_x (n_visible,), mean_z (n_hidden,), xz (n_visible, n_hidden))``.
+    """
+    if engine == "pallas":
+        raise ValueError("engine='pallas' cannot compute moments: the fused RBM kernel computes log Z only. "
+                         "Use engine='auto' or 'xla'.")
+    params, config = _exact_setup(params, max_seconds=max_seconds, engine=engine, chunk_size=chunk_size,
+                                  devices=devices, inner_bits=inner_bits)
+    return _moments_jit(params, config)
 
 
-def log_prob(params: RBMParams, x: ArrayLike, *, max_seconds: float | None = None, engine: str | None = None
-             ) -> Array:
-    r"""Exact :math:`\log p(x) = \log\tilde p(x) - \log Z` (Eq. (4.82))."""
-    params, plan, engine = _exact_setup(params, max_seconds, engine)
+def log_prob(params: RBMParams, x: ArrayLike, *, max_seconds: float | None = None, engine: str | None = None,
+             chunk_size: int | None = None, devices=None, inner_bits: int | None = None) -> Array:
+    r"""Exact :math:`\log p(x) = \log\tilde p(x) - \log Z` (Eq. (4.82)); options as
+    :func:`log_partition`."""
+    params, config = _exact_setup(params, max_seconds=max_seconds, engine=engine, chunk_size=chunk_size,
+                                  devices=devices, inner_bits=inner_bits)
     x = _check_layer("x", x, np.shape(params.W)[0])
-    return _log_prob_jit(params, x, plan, engine)
+    return _log_prob_jit(params, x, config)
 
 
-def nll(params: RBMParams, data: ArrayLike, *, max_seconds: float | None = None, engine: str | None = None
-        ) -> Array:
+def nll(params: RBMParams, data: ArrayLike, *, max_seconds: float | None = None, engine: str | None = None,
+        chunk_size: int | None = None, devices=None, inner_bits: int | None = None) -> Array:
     r"""Exact mean negative log-likelihood, :math:`D_{KL}(p_0\|p) - H(p_0)` (Eq. (4.86)-(4.87);
-    erratum (4.86): no minus sign in the empirical distribution)."""
-    params, plan, engine = _exact_setup(params, max_seconds, engine)
+    erratum (4.86): no minus sign in the empirical distribution); options as
+    :func:`log_partition`."""
+    params, config = _exact_setup(params, max_seconds=max_seconds, engine=engine, chunk_size=chunk_size,
+                                  devices=devices, inner_bits=inner_bits)
     data = _check_layer("data", data, np.shape(params.W)[0], ndim=(2,))
-    return _nll_jit(params, data, plan, engine)
+    return _nll_jit(params, data, config)
 
 
-def exact_grad(params: RBMParams, data: ArrayLike, *, max_seconds: float | None = None, engine: str | None = None
-               ) -> RBMParams:
-    r"""Exact gradient of :func:`nll`: model minus data moments (Eq. (4.87))."""
-    params, plan, engine = _exact_setup(params, max_seconds, engine)
+def exact_grad(params: RBMParams, data: ArrayLike, *, max_seconds: float | None = None, engine: str | None = None,
+               chunk_size: int | None = None, devices=None, inner_bits: int | None = None) -> RBMParams:
+    r"""Exact gradient of :func:`nll`: model minus data moments (Eq. (4.87)); options as
+    :func:`log_partition`."""
+    params, config = _exact_setup(params, max_seconds=max_seconds, engine=engine, chunk_size=chunk_size,
+                                  devices=devices, inner_bits=inner_bits)
     data = _check_layer("data", data, np.shape(params.W)[0], ndim=(2,))
-    return _exact_grad_jit(params, data, plan, engine)
+    return _exact_grad_jit(params, data, config)
+
 
 
 # --------------------------------------------------------------------------------------
@@ -560,29 +475,35 @@ def _binary_entropy(mean):
     return entr(p) + entr(1.0 - p)
 
 
-def q_function(params: RBMParams, params_old: RBMParams, data: ArrayLike, **kw) -> Array:
+def q_function(params: RBMParams, params_old: RBMParams, data: ArrayLike, *, max_seconds: float | None = None,
+               engine: str | None = None, chunk_size: int | None = None, devices=None,
+               inner_bits: int | None = None) -> Array:
     r"""Q function of the RBM (Eq. (4.88)-(4.89)), per sample:
 
     .. math:: Q(\theta,\theta_{old}) = \frac1M\sum_i \mathbb{E}_{p_{old}(z\mid x_i)}
               \big[x_i^\top W z + b^\top x_i + c^\top z\big] - \log Z(\theta)
 
     linear in :math:`z`, so the expectation uses :math:`\tanh(W_{old}^\top x + c_{old})`.
+    The options are those of the exact :math:`\log Z` (:func:`log_partition`).
     """
-    params = _validate(params)
+    params, config = _exact_setup(params, max_seconds=max_seconds, engine=engine, chunk_size=chunk_size,
+                                  devices=devices, inner_bits=inner_bits)
     params_old = _validate(params_old, "params_old")
     if np.shape(params_old.W) != np.shape(params.W):
         raise ValueError(f"params_old must have the shapes of params: W {np.shape(params.W)}; got "
                          f"{np.shape(params_old.W)}.")
     data = _check_layer("data", data, np.shape(params.W)[0], ndim=(2,))
-    return _q_function(params, params_old, data, **kw)
+    return _q_function(params, params_old, data, config)
 
 
-def _q_function(params: RBMParams, params_old: RBMParams, data: Array, **kw) -> Array:
+def _q_function(params: RBMParams, params_old: RBMParams, data: Array, config=None) -> Array:
     mu = lax.stop_gradient(jnp.tanh(jnp.matmul(data, params_old.W, precision=HIGHEST) + params_old.c))
-    return _elbo(params, mu, data, **kw) - jnp.mean(jnp.sum(_binary_entropy(mu), axis=-1))
+    return _elbo(params, mu, data, config) - jnp.mean(jnp.sum(_binary_entropy(mu), axis=-1))
 
 
-def elbo(params: RBMParams, hidden_means: ArrayLike, data: ArrayLike, **kw) -> Array:
+def elbo(params: RBMParams, hidden_means: ArrayLike, data: ArrayLike, *, max_seconds: float | None = None,
+         engine: str | None = None, chunk_size: int | None = None, devices=None,
+         inner_bits: int | None = None) -> Array:
     r"""ELBO for a factorised :math:`r(z\mid x_i)` with means ``hidden_means`` ``(M, n_hidden)``
     (Eq. (3.63), (4.88)):
 
@@ -590,9 +511,11 @@ def elbo(params: RBMParams, hidden_means: ArrayLike, data: ArrayLike, **kw) -> A
               + H(r_i)\Big) - \log Z
 
     Equal to the mean log-likelihood exactly when :math:`\mu_i = \tanh(W^\top x_i + c)`.
-    ``hidden_means`` must be finite and within [-1, 1] (means of +-1 units).
+    ``hidden_means`` must be finite and within [-1, 1] (means of +-1 units). The options are
+    those of the exact :math:`\log Z` (:func:`log_partition`).
     """
-    params = _validate(params)
+    params, config = _exact_setup(params, max_seconds=max_seconds, engine=engine, chunk_size=chunk_size,
+                                  devices=devices, inner_bits=inner_bits)
     nv, nh = np.shape(params.W)
     data = _check_layer("data", data, nv, ndim=(2,))
     mu = array("hidden_means", hidden_means)
@@ -605,13 +528,15 @@ def elbo(params: RBMParams, hidden_means: ArrayLike, data: ArrayLike, **kw) -> A
         if np.any(np.abs(values) > 1):
             raise ValueError(f"hidden_means must lie in [-1, 1] (means of +-1 units); got values in "
                              f"[{values.min():.3g}, {values.max():.3g}].")
-    return _elbo(params, mu, data, **kw)
+    return _elbo(params, mu, data, config)
 
 
-def _elbo(params: RBMParams, mu: Array, data: Array, **kw) -> Array:
+def _elbo(params: RBMParams, mu: Array, data: Array, config=None) -> Array:
+    if config is None:  # the default options (gem_fit's inner loop)
+        params, config = _exact_setup(params)
     energy_term = (jnp.sum(jnp.matmul(data, params.W, precision=HIGHEST) * mu, -1)
                    + jnp.matmul(data, params.b, precision=HIGHEST) + jnp.matmul(mu, params.c, precision=HIGHEST))
-    return jnp.mean(energy_term + jnp.sum(_binary_entropy(mu), -1)) - log_partition(params, **kw)
+    return jnp.mean(energy_term + jnp.sum(_binary_entropy(mu), -1)) - _log_z_jit(params, config)
 
 
 def smoothness_bound(n_visible: int, n_hidden: int) -> float:
@@ -624,13 +549,36 @@ def smoothness_bound(n_visible: int, n_hidden: int) -> float:
     return float(n_visible * n_hidden + n_visible + n_hidden)
 
 
+class GEMInfo(NamedTuple):
+    """What :func:`gem_fit` returns beside the parameters (the EM record, as
+    :class:`jaxebm.gmm.FitInfo` for the Gaussian mixture).
+
+    Attributes:
+      log_likelihood: ``(num_outer + 1,)`` exact mean log-likelihood (``-nll``) before each
+        outer step and at the end; it never decreases (Eq. (4.87)).
+      accepted: ``(num_outer, num_inner)`` bool, whether each safeguarded inner step was
+        taken.
+      opt_state: the optimiser state after the last inner step; pass it back as
+        ``gem_fit(..., opt_state=info.opt_state)`` to resume.
+      converged: with ``tol``, whether the last outer step raised the log-likelihood by at
+        most ``tol`` (a bool array, so it can be read under ``jit``); ``None`` without ``tol``.
+    """
+
+    log_likelihood: Array
+    accepted: Array
+    opt_state: PyTree
+    converged: Array | None
+
+
 def gem_fit(params: RBMParams, data: ArrayLike, num_outer: int, num_inner: int = 5,
-            optimizer: optax.GradientTransformation | None = None, *, tol: float | None = None):
+            optimizer: optax.GradientTransformation | None = None, *, tol: float | None = None,
+            opt_state: PyTree | None = None) -> tuple[RBMParams, GEMInfo]:
     r"""Generalised EM (Eq. (4.87)-(4.89)): hold :math:`r(z) = p_{old}(z\mid x)` fixed, take
     ``num_inner`` optax steps increasing :math:`Q(\cdot, \theta_{old})` (exact model moments),
     repeat ``num_outer`` times.
 
-    Each inner step is *safeguarded*: it is accepted only if the exact Q increases (else the
+    The inner steps are :func:`jaxebm.optim.run` on :math:`-Q(\cdot, \theta_{old})` with
+    ``safeguard=True``: a step is accepted only if the exact Q increases (else the
     parameters stay, and the optimiser state moves on). Since
     :math:`\log p(\theta) - \log p(\theta_{old}) \ge Q(\theta) - Q(\theta_{old})`, the exact
     log-likelihood never decreases, whatever the optimiser. With the default
@@ -638,16 +586,27 @@ def gem_fit(params: RBMParams, data: ArrayLike, num_outer: int, num_inner: int =
     local rule :func:`jaxebm.curvature.hessian_bounded_sgd` (which receives ``value_fn = -Q``)
     takes much larger steps, since :math:`-Q` is convex. An optimiser with momentum (Adam) can
     stall here: a rejected step leaves the parameters, so the same direction is proposed again.
+    The optimiser state is carried across outer steps.
 
     ``num_outer`` is a fixed budget (the method has no stopping rule of its own). With ``tol``
-    given, an eager call warns (:class:`jaxebm._validation.ConvergenceWarning`) when the last
-    outer step still lowered the nll by more than ``tol``, i.e. the run stopped at its
-    iteration limit before converging; under ``jax.jit`` no warning can be issued: inspect
-    ``nll_history[-2] - nll_history[-1]`` yourself.
+    given, ``info.converged`` says whether the last outer step raised the log-likelihood by at
+    most ``tol``, and an eager call warns (:class:`jaxebm._validation.ConvergenceWarning`)
+    when it did not, i.e. the run stopped at its iteration limit before converging; under
+    ``jax.jit`` no warning can be issued: inspect ``info.converged`` yourself.
+
+    Args:
+      params: initial ``RBMParams``.
+      data: ``(M, n_visible)`` +-1 data.
+      num_outer: outer (E) steps.
+      num_inner: optax steps on Q per outer step.
+      optimizer: any optax optimiser (default ``optax.sgd(1 / smoothness_bound(...))``).
+      tol: optional convergence tolerance on the last outer step's log-likelihood gain (> 0).
+      opt_state: optimiser state to resume from (``info.opt_state`` of an earlier fit).
 
     Returns:
-      ``(params, nll_history)`` with the exact nll before each outer step and at the end,
-      ``(num_outer + 1,)``. One ``lax.scan``; jit at the call site.
+      ``(params, GEMInfo)``. One ``lax.scan`` over outer steps (deterministic: no key); jit
+      it at the call site, or call it eagerly: the compiled work is cached on the traced
+      program, so calls with new values of the same shapes compile once.
     """
     params = _validate(params)
     nv, nh = np.shape(params.W)
@@ -657,38 +616,33 @@ def gem_fit(params: RBMParams, data: ArrayLike, num_outer: int, num_inner: int =
         tol = positive_scalar("tol", tol)
     if optimizer is None:
         optimizer = optax.sgd(1.0 / smoothness_bound(nv, nh))
-    optimizer = optax.with_extra_args_support(optimizer)
-    opt_state = optimizer.init(params)
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise ValueError(f"optimizer must be an optax GradientTransformation; got {type(optimizer).__name__}.")
+    opt_state = optimizer_state(optimizer, params, opt_state)
 
-    def outer(carry, _):
+    def neg_q(p, old, data):
+        return -_q_function(p, old, data)
+
+    def outer(carry):
         params, opt_state = carry
-        value = nll(params, data)
-        old = params
+        log_lik = -nll(params, data)
+        params, info = optim.run(optimizer, neg_q, params, num_inner, params, data, opt_state=opt_state,
+                                 safeguard=True)
+        return (params, info.opt_state), (log_lik, info.accepted)
 
-        def neg_q(p):
-            return -_q_function(p, old, data)
-
-        def inner(carry, _):
-            params, opt_state = carry
-            loss, grads = jax.value_and_grad(neg_q)(params)
-            updates, opt_state = optimizer.update(grads, opt_state, params, value=loss, grad=grads, value_fn=neg_q)
-            candidate = optax.apply_updates(params, updates)
-            accept = neg_q(candidate) <= loss
-            params = optax.tree_utils.tree_where(accept, candidate, params)
-            return (params, opt_state), accept
-
-        (params, opt_state), _ = lax.scan(inner, (params, opt_state), None, length=num_inner)
-        return (params, opt_state), value
-
-    (params, _), history = lax.scan(outer, (params, opt_state), None, length=num_outer)
-    history = jnp.concatenate([history, nll(params, data)[None]])
-    if tol is not None and is_concrete(history):
-        last = float(history[-2] - history[-1])
-        if last > tol:
+    traced, consts = _cache.trace(outer, (params, opt_state))
+    (params, opt_state), (history, accepted) = _cache.scan(consts, (params, opt_state), traced=traced,
+                                                           num_steps=num_outer)
+    history = jnp.concatenate([history, -nll(params, data)[None]])
+    converged = None
+    if tol is not None:
+        converged = history[-1] - history[-2] <= tol
+        if is_concrete(converged) and not bool(converged):
+            last = float(history[-1] - history[-2])
             warnings.warn(f"gem_fit stopped at num_outer={num_outer} before converging: the last outer step "
-                          f"lowered the nll by {last:.3g} > tol={tol:g}. Increase num_outer.",
+                          f"raised the log-likelihood by {last:.3g} > tol={tol:g}. Increase num_outer.",
                           ConvergenceWarning, stacklevel=2)
-    return params, history
+    return params, GEMInfo(history, accepted, opt_state, converged)
 
 
 # --------------------------------------------------------------------------------------

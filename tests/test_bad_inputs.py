@@ -94,6 +94,7 @@ VALID: dict[str, Callable[[], Any]] = {
     "chain_draws": lambda: np.random.default_rng(5).normal(size=(4, 50)),
     "mean": lambda: np.zeros(D, np.float32),
     "cov": lambda: np.eye(D, dtype=np.float32),
+    "devices": lambda: tuple(jax.local_devices()),
 }
 
 # ----------------------------------------------------------------------------- mutations
@@ -235,6 +236,43 @@ MUTATIONS: dict[str, list[Mutation]] = {
         Mutation("too_short", lambda v, d: np.asarray(v)[:, : d.draw(st.integers(1, 3))]),
         Mutation("one_chain", lambda v, d: np.asarray(v)[:1]),
     ],
+    # the enumeration options (max_seconds, engine, chunk_size, devices, inner_bits)
+    "max_seconds": [
+        Mutation("negative", lambda v, d: -d.draw(st.floats(0.01, 10.0))),
+        Mutation("zero", lambda v, d: 0.0),
+        Mutation("nan", lambda v, d: math.nan),
+        Mutation("string", lambda v, d: str(v)),
+        Mutation("too_small", lambda v, d: 1e-12),  # refused over budget, naming max_seconds
+        Mutation("inf", lambda v, d: math.inf, benign=True),  # no limit
+    ],
+    "chunk_size": [
+        Mutation("zero", lambda v, d: 0),
+        Mutation("negative", lambda v, d: -d.draw(st.integers(1, 10))),
+        Mutation("fraction", lambda v, d: v + 0.5),
+        Mutation("not_power_of_two", lambda v, d: d.draw(st.sampled_from([3, 6, 12]))),
+        Mutation("bool", lambda v, d: True),
+        Mutation("string", lambda v, d: str(v)),
+        Mutation("numpy_int", lambda v, d: np.int64(v), benign=True),
+    ],
+    "inner_bits": [
+        Mutation("negative", lambda v, d: -d.draw(st.integers(1, 10))),
+        Mutation("fraction", lambda v, d: v + 0.5),
+        Mutation("too_many", lambda v, d: d.draw(st.integers(30, 99))),
+        Mutation("nan", lambda v, d: math.nan),
+        Mutation("string", lambda v, d: str(v)),
+        Mutation("numpy_int", lambda v, d: np.int64(v), benign=True),
+    ],
+    "devices": [
+        Mutation("empty", lambda v, d: []),
+        Mutation("strings", lambda v, d: ["cpu"]),
+        Mutation("repeated", lambda v, d: [v[0], v[0]]),
+        Mutation("not_a_sequence", lambda v, d: 3),
+        Mutation("list", lambda v, d: list(v), benign=True),
+    ],
+    "engine": [
+        Mutation("unknown", lambda v, d: d.draw(st.sampled_from(["cuda", "XLA", "fast"]))),
+        Mutation("number", lambda v, d: 3),
+    ],
     "mean": [m for m in _array_mutations(False) if m.name not in ("extra_axis",)],
     "cov": [
         Mutation("nan", lambda v, d: _set(v, d.draw, np.nan)),
@@ -274,7 +312,7 @@ def _metropolis_step(params, x0, beta):
 
 
 def _rbm_gibbs_init(params, x0):
-    return mcmc.rbm_gibbs(params).init(x0).x
+    return mcmc.rbm_gibbs(params).init(x0, KEY).x
 
 
 def _replica_exchange(params, betas):
@@ -293,7 +331,12 @@ def _ais(params, num_chains, betas):
 
 
 def _pcd(params, data, betas, num_steps):
-    return mcmc.pcd_fit_ising(KEY, params, data, optax.sgd(0.05), num_steps, betas=betas, num_chains=4)
+    return mcmc.pcd_fit_ising(KEY, params, data, optax.sgd(0.05), num_steps, betas=betas, num_chains=4)[0]
+
+
+# The enumeration options, each corrupted in turn on a valid call that passes all of them.
+_OPTIONS = (Arg("max_seconds", "max_seconds", 100.0), Arg("engine", "engine", "xla"),
+            Arg("chunk_size", "chunk_size", 2), Arg("devices", "devices"), Arg("inner_bits", "inner_bits", 2))
 
 
 def _ising_fit(params, data, num_steps):
@@ -325,6 +368,12 @@ CASES: list[Case] = [
     Case("ising.sample_exact", ising.sample_exact,
          (Arg("key", "key"), Arg("params", "ising"), Arg("num_samples", "count", 3))),
     Case("ising.fit", _ising_fit, (Arg("params", "ising"), Arg("data", "spins_batch"), Arg("num_steps", "count", 2))),
+    Case("ising.fit options", lambda **options: ising.fit(optax.sgd(0.1), _ising(), VALID["spins_batch"](), 2,
+                                                          **options)[0], _OPTIONS),
+    Case("ising.log_partition options", lambda **options: ising.log_partition(_ising(), **options), _OPTIONS),
+    Case("ising.moments options", lambda **options: ising.moments(_ising(), **options), _OPTIONS),
+    Case("ising.fisher options", lambda **options: ising.fisher(_ising(), **options),
+         tuple(a for a in _OPTIONS if a.name != "inner_bits")),
     # gaussian and divergence
     Case("gaussian.log_pdf", gaussian.log_pdf, (Arg("x", "real_batch"), Arg("mean", "mean"), Arg("cov", "cov"))),
     Case("gaussian.mle", gaussian.mle, (Arg("x", "real_batch"),), any_width=True),
@@ -356,6 +405,10 @@ CASES: list[Case] = [
          (Arg("key", "key"), Arg("params", "rbm"), Arg("x", "rbm_batch"))),
     Case("rbm.cd_grad", rbm.cd_grad, (Arg("key", "key"), Arg("params", "rbm"), Arg("data", "rbm_batch"),
                                       Arg("k", "count", 1))),
+    Case("rbm.log_partition options", lambda **options: rbm.log_partition(_rbm(), **options), _OPTIONS),
+    Case("rbm.moments options", lambda **options: rbm.moments(_rbm(), **options), _OPTIONS),
+    Case("rbm.gem_fit", lambda params, data, num_outer: rbm.gem_fit(params, data, num_outer, 1)[0],
+         (Arg("params", "rbm"), Arg("data", "rbm_batch"), Arg("num_outer", "count", 2))),
     # mcmc
     Case("mcmc.heat_bath.init", _heat_bath_init, (Arg("params", "ising"), Arg("x0", "spins_vec", aliases=(
         "position",)))),

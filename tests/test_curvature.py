@@ -101,8 +101,8 @@ def test_global_bound_gives_monotone_descent(rng):
     params, data, _, _ = _ising_problem(rng, n=n, scale=0.8)
     start = ising.init(jax.random.key(2), n, scale=1.0)
     L = curvature.ising_smoothness_bound(n)
-    _, _, history = jax.jit(lambda p: ising.fit(optax.sgd(1.0 / L), p, data, 100))(start)
-    losses = np.asarray(history.loss, np.float64)
+    _, info = jax.jit(lambda p: ising.fit(optax.sgd(1.0 / L), p, data, 100))(start)
+    losses = np.asarray(info.loss, np.float64)
     assert np.all(np.diff(losses) <= 1e-6 * np.abs(losses[1:])), np.diff(losses).max()
     assert losses[-1] < losses[0]
 
@@ -177,10 +177,40 @@ def test_every_reestimates_only_on_schedule():
 def test_hessian_bounded_sgd_in_the_scan_driver_float64(x64):
     A = jnp.asarray(np.diag([2.0, 0.5]))
     loss = lambda p: 0.5 * p @ A @ p  # noqa: E731
-    params, state, hist = optim.run(curvature.hessian_bounded_sgd(safety=1.0, every=5), loss,
-                                    jnp.array([1.0, 1.0]), 30)
+    params, hist = optim.run(curvature.hessian_bounded_sgd(safety=1.0, every=5), loss, jnp.array([1.0, 1.0]), 30)
     assert params.dtype == jnp.float64 and hist.loss.dtype == jnp.float64
     assert float(hist.loss[-1]) < 1e-6 * float(hist.loss[0])
+
+
+def test_run_returns_run_info_resumes_safeguards_and_vmaps():
+    A = jnp.diag(jnp.array([2.0, 0.5]))
+    loss = lambda p, s: 0.5 * s * p @ A @ p  # noqa: E731
+    p0 = jnp.array([1.0, 1.0])
+    _, info = optim.run(optax.sgd(0.1), loss, p0, 10, 1.0)
+    assert isinstance(info, optim.RunInfo) and info.loss.shape == info.grad_max_abs.shape == (10,)
+    assert info.metrics is None and info.accepted is None
+    # resuming from info.opt_state continues the run (Adam's moments carried over)
+    whole, info_whole = optim.run(optax.adam(0.1), loss, p0, 20, 1.0)
+    half, info_half = optim.run(optax.adam(0.1), loss, p0, 10, 1.0)
+    resumed, info_resumed = optim.run(optax.adam(0.1), loss, half, 10, 1.0, opt_state=info_half.opt_state)
+    np.testing.assert_allclose(resumed, whole, rtol=1e-6)
+    np.testing.assert_allclose(info_resumed.loss, info_whole.loss[10:], rtol=1e-6)
+    # eta = 1.2 > 2 / lambda_max = 1: plain descent diverges, the safeguard never lets the loss rise
+    _, plain = optim.run(optax.sgd(1.2), loss, p0, 10, 1.0)
+    assert np.any(np.diff(np.asarray(plain.loss)) > 0)
+    _, safe = optim.run(optax.sgd(1.2), loss, p0, 10, 1.0, safeguard=True)
+    assert safe.accepted.shape == (10,) and not bool(np.all(safe.accepted))
+    assert np.all(np.diff(np.asarray(safe.loss)) <= 0)
+    # a vmap over learning rates (and over the loss's arguments) is one compiled call
+    lrs = jnp.asarray([0.05, 0.1, 0.2])
+    swept = jax.jit(jax.vmap(lambda lr: optim.run(optax.sgd(lr), loss, p0, 10, 1.0)[1].loss))(lrs)
+    for lr, curve in zip(lrs, swept):
+        np.testing.assert_allclose(curve, optim.run(optax.sgd(float(lr)), loss, p0, 10, 1.0)[1].loss, rtol=1e-6)
+    with pytest.raises(ValueError, match="^safeguard must be True or False"):
+        optim.run(optax.sgd(0.1), loss, p0, 2, 1.0, safeguard=1)
+    for bad in (optax.sgd(0.1).init(p0), optax.adam(0.1).init(jnp.ones(3))):  # another optimiser, other shapes
+        with pytest.raises(ValueError, match="^opt_state must be a state of this optimizer"):
+            optim.run(optax.adam(0.1), loss, p0, 2, 1.0, opt_state=bad)
 
 
 def test_bad_arguments():

@@ -367,8 +367,20 @@ SHARDING_SCRIPT = textwrap.dedent(
     lz, m = enumeration.expectation_states(fn, lambda x: x, 8, chunk_size=8)
     np.testing.assert_allclose(float(lz), reference.ising_log_z(h, J), rtol=2e-6)
     np.testing.assert_allclose(m, reference.ising_moments(h, J)[0], atol=2e-6)
+    # the RBM's exact log Z and moments (the split engine enumerating one layer) and the
+    # Fisher information (the generic engine), sharded the same way
+    from jaxebm import ising, mcmc, rbm
+    prm = rbm.init(jax.random.key(2), 7, 11, scale=0.5)
+    for kw in ({}, dict(inner_bits=3, chunk_size=2)):
+        first = jax.devices()[:1]
+        one = (rbm.log_partition(prm, devices=first, **kw), *rbm.moments(prm, devices=first, **kw))
+        many = (rbm.log_partition(prm, **kw), *rbm.moments(prm, **kw))  # all 8 devices by default
+        for a, b in zip(one, many):
+            np.testing.assert_allclose(a, b, rtol=2e-6, atol=2e-6)
+    sk = ising.sherrington_kirkpatrick(jax.random.key(3), 7)
+    np.testing.assert_allclose(ising.fisher(sk, devices=jax.devices()[:1], chunk_size=4),
+                               ising.fisher(sk, chunk_size=4), atol=2e-6)
     # chains sharded across the 8 devices give the same chains as on one device
-    from jaxebm import ising, mcmc
     params = ising.sherrington_kirkpatrick(jax.random.key(0), 10)
     algo = mcmc.metropolis(params)
     states = jax.vmap(algo.init)(jnp.ones((16, 10)))

@@ -522,11 +522,11 @@ def test_fit_on_graph_matches_moments(rng):
     truth, _, _ = _graph_params(g, rng, scale=0.5, field=0.3)
     data = ising.sample_exact(jax.random.key(2), truth, 2000)
     start = ising.GraphIsingParams(jnp.zeros(g.n), jnp.zeros(g.num_edges), g)
-    fitted, _, history = ising.fit(optax.lbfgs(), start, data, 40)
+    fitted, info = ising.fit(optax.lbfgs(), start, data, 40)
     assert isinstance(fitted, ising.GraphIsingParams) and fitted.graph == g
     mean, edge_corr = ising.moments(fitted)
     m_d, c_d = ising.data_moments(data, g)
     # maximum likelihood matches the data's sufficient statistics (Eq. (2.31)-(2.32))
     np.testing.assert_allclose(mean, m_d, atol=1e-4)
     np.testing.assert_allclose(edge_corr, c_d, atol=1e-4)
-    assert float(history.loss[-1]) <= float(history.loss[0])
+    assert float(info.loss[-1]) <= float(info.loss[0])

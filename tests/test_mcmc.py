@@ -26,8 +26,8 @@ def _ising(rng, n, scale=0.4, field=0.3):
     return IsingParams(jnp.asarray(h, jnp.float32), jnp.asarray(J, jnp.float32)), h, J
 
 
-def _run_many(algo, x0, num_steps, burn, key=1, trace_fn=lambda s, i: s.x):
-    states = jax.vmap(algo.init)(x0)
+def _run_many(algo, x0, num_steps, burn, key=1, trace_fn=mcmc.trace_positions):
+    states = jax.vmap(algo.init)(x0, jax.random.split(jax.random.key(key + 1000), x0.shape[0]))  # only rbm_gibbs draws
     run = jax.jit(jax.vmap(lambda k, s: mcmc.run_chain(k, algo, s, num_steps, trace_fn=trace_fn)))
     _, trace = run(jax.random.split(jax.random.key(key), x0.shape[0]), states)
     return np.asarray(trace)[:, burn:]
@@ -71,7 +71,7 @@ def test_blocked_fast_path_is_the_same_chain_as_the_generic_sweep(rng):
     b = mcmc.run_chain(jax.random.key(3), generic, generic.init(x0), 50, trace_fn=lambda s, i: s.x)[1]
     np.testing.assert_array_equal(a, b)
     state = mcmc.run_chain(jax.random.key(3), fast, fast.init(x0), 50)[0]
-    np.testing.assert_allclose(state.field, params.h + params.J @ state.x, atol=1e-5)
+    np.testing.assert_allclose(state.local_field, params.h + params.J @ state.x, atol=1e-5)
     np.testing.assert_allclose(state.log_weight, ising.log_weight(params, state.x), atol=1e-5)
 
 
@@ -157,7 +157,12 @@ def test_ais_log_partition_ising(rng, n):
 def test_ais_log_partition_rbm(rng):
     params = rbm.RBMParams(jnp.asarray(rng.normal(size=(8, 5)) * 0.5, jnp.float32), jnp.zeros(8), jnp.zeros(5))
     res = mcmc.ais_log_partition(jax.random.key(1), params, num_chains=512, num_temps=300)
-    _assert_ais_within_its_stderr(res, float(rbm.log_partition(params)), 512)
+    # float64 brute force over the hidden layer: log Z = logsumexp_z (c.z + sum_k log 2cosh((Wz)_k + b_k))
+    W, b, c = (np.asarray(a, np.float64) for a in params)
+    Z = reference.all_states(5)
+    a = Z @ W.T + b
+    exact = reference.logsumexp(Z @ c + np.sum(np.logaddexp(a, -a), axis=1))
+    _assert_ais_within_its_stderr(res, float(exact), 512)
 
 
 def test_diagnostics_on_known_processes():
@@ -257,7 +262,7 @@ def test_vmapped_chains_are_the_unbatched_chains(rng, rule, block_size):
 
     def run(key, x, beta):
         algo = make(params, beta, block_size=block_size)
-        return mcmc.run_chain(key, algo, algo.init(x), 20, trace_fn=lambda s, i: (s.x, i.acceptance_rate))
+        return mcmc.run_chain(key, algo, algo.init(x), 20, trace_fn=lambda s, i: (s.x, i[0]))  # the flip rate
 
     for beta_axis in (None, 0):  # one temperature, or one per chain (as in replica exchange)
         beta = 1.0 if beta_axis is None else betas
@@ -268,7 +273,7 @@ def test_vmapped_chains_are_the_unbatched_chains(rng, rule, block_size):
         np.testing.assert_array_equal(batched[1][0], single[1][0])
         np.testing.assert_array_equal(batched[1][1], single[1][1])
         for c in range(chains):
-            np.testing.assert_allclose(batched[0].field[c], params.h + params.J @ batched[0].x[c], atol=1e-6)
+            np.testing.assert_allclose(batched[0].local_field[c], params.h + params.J @ batched[0].x[c], atol=1e-6)
     # one model per chain falls back to a plain vmap, with the same result
     hs = jnp.stack([params.h] * chains)
     per_model = jax.vmap(lambda k, x, h: run_model(k, x, IsingParams(h, params.J), make, block_size))(keys, x0, hs)
@@ -326,7 +331,7 @@ def test_sampler_starts_must_be_spins(rng, bad):
     generic = [] if bad == "shape" else [mcmc.metropolis(lambda s: jnp.sum(s))]  # any n is right for it
     for algo in [mcmc.metropolis(params), mcmc.heat_bath(params), mcmc.rbm_gibbs(rbm_params), *generic]:
         with pytest.raises(ValueError, match="^position"):
-            algo.init(value)
+            algo.init(value, jax.random.key(0))  # only rbm_gibbs uses the key
     # starts built by a vmapped init are traced there: run_chains checks their values
     algo = mcmc.heat_bath(params)
     if bad != "shape":
@@ -350,6 +355,26 @@ def test_numpy_params_work_under_vmap(rng):
         want = make(IsingParams(jnp.asarray(params.h, jnp.float32), jnp.asarray(params.J, jnp.float32)))
         np.testing.assert_array_equal(final, jax.vmap(lambda k, x, want=want: mcmc.run_chain(
             k, want, want.init(x), 3)[0].x)(keys, x0))
+
+
+def test_pcd_fit_ising_returns_info_and_resumes(rng):
+    """pcd_fit_ising(key, ...) -> (params, PCDInfo): the residual per update, and the optimiser
+    state and chain positions that resume the run."""
+    params, _, _ = _ising(rng, 5)
+    data = _random_spins(3, (40, 5))
+    betas = jnp.asarray([0.5, 1.0])
+    fit = jax.jit(lambda k, p, s, c: mcmc.pcd_fit_ising(k, p, data, optax.adam(0.05), 4, betas=betas, num_chains=8,
+                                                        opt_state=s, chains=c))
+    fitted, info = mcmc.pcd_fit_ising(jax.random.key(0), params, data, optax.adam(0.05), 4, betas=betas,
+                                      num_chains=8)
+    assert isinstance(info, mcmc.PCDInfo) and info.residual.shape == (4,) and info.chains.shape == (8, 2, 5)
+    assert set(np.unique(np.asarray(info.chains)).tolist()) <= {-1.0, 1.0}
+    assert np.all(np.isfinite(np.asarray(info.residual)))
+    resumed, info2 = fit(jax.random.key(1), fitted, info.opt_state, info.chains)
+    assert int(info2.opt_state[0].count) == 8  # Adam's step count carried over
+    assert not np.allclose(resumed.J, fitted.J)
+    with pytest.raises(ValueError, match="^opt_state must be a state of this optimizer"):
+        fit(jax.random.key(1), fitted, optax.sgd(0.1).init(fitted), info.chains)
 
 
 def test_counts_ladders_and_schedules_are_validated(rng):
@@ -389,6 +414,11 @@ def test_counts_ladders_and_schedules_are_validated(rng):
             mcmc.pcd_fit_ising(jax.random.key(0), params, data, optax.sgd(0.1), 2, betas=betas)
     with pytest.raises(ValueError, match="^num_chains"):
         mcmc.pcd_fit_ising(jax.random.key(0), params, data, optax.sgd(0.1), 2, betas=[0.5, 1.0], num_chains=0)
+    for chains, match in ((np.ones((4, 2, 5)), "must have shape"), (np.zeros((8, 2, 5)), "must hold"),
+                          (np.ones((8, 5)), "must be spins of shape")):
+        with pytest.raises(ValueError, match=f"^chains .*{match}"):
+            mcmc.pcd_fit_ising(jax.random.key(0), params, data, optax.sgd(0.1), 2, betas=[0.5, 1.0], num_chains=8,
+                               chains=chains)
     for kw, match in (({"betas": [0.1, 1.0]}, "betas must start at 0"), ({"betas": [0.0, 0.9]}, "betas must end at 1"),
                       ({"betas": [0.0, 0.6, 0.5, 1.0]}, "betas must be non-decreasing"),
                       ({"num_chains": 1}, "num_chains must be an integer >= 2"),
@@ -485,3 +515,137 @@ def test_ais_compiles_once_eagerly(rng):
 def _heat_bath_at(params, beta):
     return mcmc.heat_bath(params, beta)
 
+
+
+# --------------------------------------------------------------------------------------
+# Issue 14: one sampler shape (state, info, init(position, key=None), factory)
+# --------------------------------------------------------------------------------------
+
+
+def _rbm_params(rng, nv=6, nh=4, scale=0.5):
+    return rbm.RBMParams(jnp.asarray(rng.normal(size=(nv, nh)) * scale, jnp.float32),
+                         jnp.asarray(rng.normal(size=nv) * 0.3, jnp.float32),
+                         jnp.asarray(rng.normal(size=nh) * 0.3, jnp.float32))
+
+
+def test_every_sampler_has_its_state_and_info(rng):
+    from jaxebm import graphs
+
+    params, _, _ = _ising(rng, 8)
+    graph = graphs.square_lattice(4, 4)
+    graph_params = ising.GraphIsingParams(jnp.asarray(rng.normal(size=16) * 0.3, jnp.float32),
+                                          jnp.asarray(rng.normal(size=graph.num_edges) * 0.5, jnp.float32), graph)
+    rbm_params = _rbm_params(rng)
+    lw = functools.partial(ising.log_weight, params)
+    cases = [  # (algorithm, its init as a function, n, state type, info type, the info's rate)
+        (mcmc.metropolis(params), functools.partial(mcmc.metropolis_init, params), 8, mcmc.SpinState,
+         mcmc.MetropolisInfo, "acceptance_rate"),
+        (mcmc.metropolis(graph_params), functools.partial(mcmc.metropolis_init, graph_params), 16, mcmc.SpinState,
+         mcmc.MetropolisInfo, "acceptance_rate"),
+        (mcmc.metropolis(lw), functools.partial(mcmc.metropolis_init, lw), 8, mcmc.MetropolisState,
+         mcmc.MetropolisInfo, "acceptance_rate"),
+        (mcmc.heat_bath(params), functools.partial(mcmc.heat_bath_init, params), 8, mcmc.SpinState,
+         mcmc.HeatBathInfo, "flip_rate"),
+        (mcmc.heat_bath(graph_params), functools.partial(mcmc.heat_bath_init, graph_params), 16, mcmc.SpinState,
+         mcmc.HeatBathInfo, "flip_rate"),
+        (mcmc.rbm_gibbs(rbm_params), functools.partial(mcmc.rbm_gibbs_init, jax.random.key(1), rbm_params), 6,
+         mcmc.RBMState, mcmc.RBMInfo, "flip_rate"),
+    ]
+    for algo, init_fn, n, state_type, info_type, rate in cases:
+        x0 = _random_spins(7, (n,))
+        state = algo.init(x0, jax.random.key(1))  # the key is used by rbm_gibbs only
+        chex.assert_trees_all_close(init_fn(x0), state)  # the function is the algorithm's init
+        assert type(state) is state_type
+        new, info = jax.jit(algo.step)(jax.random.key(2), state)
+        assert type(new) is state_type and type(info) is info_type, (type(new), type(info))
+        assert info._fields == (rate,)
+        # single-spin Metropolis: accepted proposals = flipped spins; heat bath / RBM: flipped
+        np.testing.assert_allclose(getattr(info, rate), np.mean(np.asarray(new.x) != np.asarray(x0)), rtol=1e-6)
+    pt = mcmc.replica_exchange(lambda b: mcmc.heat_bath(params, b), jnp.asarray([0.5, 1.0]))
+    state = pt.init(_random_spins(3, (2, 8)))
+    assert type(state) is mcmc.ReplicaExchangeState
+    chex.assert_trees_all_close(state, mcmc.replica_exchange_init(lambda b: mcmc.heat_bath(params, b),
+                                                                  jnp.asarray([0.5, 1.0]), _random_spins(3, (2, 8))))
+    _, info = pt.step(jax.random.key(0), state)
+    assert type(info) is mcmc.ReplicaExchangeInfo and type(info.inner) is mcmc.HeatBathInfo
+    assert info.inner.flip_rate.shape == (2,)
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.5])
+def test_rbm_gibbs_init_draws_z_from_the_exact_conditional(rng, beta):
+    params = _rbm_params(rng, nv=6, nh=4, scale=0.8)
+    x = _random_spins(8, (6,))
+    num = 20_000
+    keys = jax.random.split(jax.random.key(3), num)
+    algo = mcmc.rbm_gibbs(params, beta)
+    z = np.asarray(jax.jit(jax.vmap(algo.init, in_axes=(None, 0)))(x, keys).z, np.float64)
+    np.testing.assert_array_equal(np.asarray(mcmc.rbm_gibbs_init(keys[0], params, x, beta).z), z[0])
+    W, c = np.asarray(params.W, np.float64), np.asarray(params.c, np.float64)
+    mean = np.tanh(beta * (np.asarray(x, np.float64) @ W + c))
+    # independent draws: each unit's mean within K_SIGMA binomial SEs sqrt((1 - m^2) / N)
+    assert np.all(np.abs(z.mean(0) - mean) < K_SIGMA * np.sqrt((1 - mean**2) / num)), (z.mean(0), mean)
+    # and the units are independent given x: pair products average to the product of the means
+    iu = np.triu_indices(4, 1)
+    pair, want = (z[:, :, None] * z[:, None, :])[:, iu[0], iu[1]].mean(0), np.outer(mean, mean)[iu]
+    assert np.all(np.abs(pair - want) < K_SIGMA * np.sqrt((1 - want**2) / num)), (pair, want)
+    with pytest.raises(ValueError, match="^key is required"):
+        algo.init(x)
+    with pytest.raises(ValueError, match="^key is required"):
+        mcmc.replica_exchange(lambda b: mcmc.rbm_gibbs(params, b), [0.5, 1.0]).init(jnp.stack([x, x]))
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.6, 0.0])
+def test_rbm_gibbs_log_weight_is_minus_the_energy(rng, beta):
+    params = _rbm_params(rng, nv=7, nh=5)
+    algo = mcmc.rbm_gibbs(params, beta)
+    states = jax.vmap(algo.init)(_random_spins(9, (16, 7)), jax.random.split(jax.random.key(0), 16))
+    for t in range(3):
+        np.testing.assert_allclose(states.log_weight, rbm.energy(params, states.x, states.z) * -1, rtol=1e-5,
+                                   atol=1e-5)
+        states, _ = jax.jit(jax.vmap(algo.step))(jax.random.split(jax.random.key(t + 1), 16), states)
+    # the sweep is the one rbm.gibbs_step makes at beta = 1 (same draws)
+    if beta == 1.0:
+        s = algo.init(_random_spins(9, (7,)), jax.random.key(5))
+        new, _ = algo.step(jax.random.key(6), s)
+        x, z = rbm.gibbs_step(jax.random.key(6), params, s.x)
+        np.testing.assert_array_equal(new.x, x)
+        np.testing.assert_array_equal(new.z, z)
+
+
+def test_replica_exchange_and_tune_ladder_over_rbm_gibbs(rng):
+    """A sampler whose init draws composes with replica exchange and tune_ladder, which pass keys."""
+    params = _rbm_params(rng, nv=5, nh=3)
+    make = functools.partial(_rbm_gibbs_at, params)
+    algo = mcmc.replica_exchange(make, jnp.asarray([0.5, 1.0]))
+    state = algo.init(_random_spins(1, (2, 5)), jax.random.key(0))
+    np.testing.assert_allclose(state.states.log_weight, -rbm.energy(params, state.states.x, state.states.z),
+                               rtol=1e-5, atol=1e-5)
+    final, trace = mcmc.run_chain(jax.random.key(1), algo, state, 10)
+    assert trace.shape == (10, 2, 5)
+    betas, history, positions = mcmc.tune_ladder(jax.random.key(2), make, [0.5, 0.75, 1.0], _random_spins(2, (3, 5)),
+                                                 num_rounds=2, steps_per_round=10)
+    assert history.shape == (2, 2) and positions.shape == (3, 5)
+
+
+def _rbm_gibbs_at(params, beta):
+    return mcmc.rbm_gibbs(params, beta)
+
+
+def test_run_chains_records_the_positions_by_default(rng):
+    params, _, _ = _ising(rng, 8)
+    algo = mcmc.heat_bath(params)
+    states = jax.vmap(algo.init)(_random_spins(4, (6, 8)))
+    final, trace = mcmc.run_chains(jax.random.key(7), algo, states, 12, thin=3)
+    assert trace.shape == (6, 4, 8)  # (chains, num_steps // thin, n): the spins only
+    np.testing.assert_array_equal(trace[:, -1], final.x)
+    _, want = mcmc.run_chains(jax.random.key(7), algo, states, 12, thin=3, trace_fn=lambda s, i: s.x)
+    np.testing.assert_array_equal(trace, want)
+    # recording more is a trace_fn away
+    _, (xs, info) = mcmc.run_chains(jax.random.key(7), algo, states, 12, thin=3, trace_fn=lambda s, i: (s, i))
+    assert type(xs) is mcmc.SpinState and xs.local_field.shape == (6, 4, 8) and info.flip_rate.shape == (6, 4)
+    # replica exchange: every slot's spins; a state without x needs a trace_fn
+    pt = mcmc.replica_exchange(lambda b: mcmc.heat_bath(params, b), jnp.asarray([0.5, 0.8, 1.0]))
+    _, trace = mcmc.run_chain(jax.random.key(0), pt, pt.init(_random_spins(5, (3, 8))), 4)
+    assert trace.shape == (4, 3, 8)
+    with pytest.raises(ValueError, match="default trace_fn records state.x"):
+        mcmc.trace_positions((jnp.ones(3),), None)

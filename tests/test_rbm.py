@@ -222,10 +222,14 @@ def test_elbo_identity_and_gem_monotone(rng, x64):
     assert float(rbm.elbo(params, other, data)) < loglik
     # Q(theta_old, theta_old) = loglik - H(r)
     start = rbm.init(jax.random.key(0), 6, 4, scale=0.1, dtype=jnp.float64)
-    _, history = jax.jit(lambda p: rbm.gem_fit(p, data, num_outer=30, num_inner=3))(start)
-    history = np.asarray(history)
-    assert np.all(np.diff(history) <= 1e-12), np.diff(history).max()
-    assert history[-1] < history[0]
+    _, info = jax.jit(lambda p: rbm.gem_fit(p, data, num_outer=30, num_inner=3))(start)
+    assert isinstance(info, rbm.GEMInfo) and info.converged is None
+    history = np.asarray(info.log_likelihood)
+    assert history.shape == (31,) and info.accepted.shape == (30, 3)
+    # GEM: the exact log-likelihood never decreases (Eq. (4.87)); with sgd(1/L) every step is taken
+    assert np.all(np.diff(history) >= -1e-12), np.diff(history).min()
+    assert history[-1] > history[0]
+    assert bool(np.all(info.accepted))
 
 
 def test_from_binary_round_trip_and_likelihoods(rng, x64):
@@ -409,10 +413,37 @@ def test_gem_fit_warns_when_it_stops_at_num_outer(rng, x64):
     params = rbm.init(jax.random.key(0), 4, 2, scale=0.1, dtype=jnp.float64)
     data = jnp.asarray(reference.all_states(4)[rng.choice([0, 15], 40)])
     with pytest.warns(ConvergenceWarning, match="num_outer=2"):
-        rbm.gem_fit(params, data, num_outer=2, num_inner=1, tol=1e-10)
+        _, info = rbm.gem_fit(params, data, num_outer=2, num_inner=1, tol=1e-10)
+    assert not bool(info.converged)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
-        rbm.gem_fit(params, data, num_outer=2, num_inner=1, tol=10.0)  # met: no warning
+        _, info = rbm.gem_fit(params, data, num_outer=2, num_inner=1, tol=10.0)  # met: no warning
+    assert bool(info.converged)
+
+
+def test_gem_fit_safeguard_resume_and_compile_once(rng, x64):
+    params = rbm.init(jax.random.key(0), 4, 2, scale=0.1, dtype=jnp.float64)
+    data = jnp.asarray(reference.all_states(4)[rng.integers(0, 16, 40)])
+    # a step far above 1/L = 1/14: the safeguard rejects some inner steps, the log-likelihood still never
+    # decreases
+    _, info = rbm.gem_fit(params, data, num_outer=6, num_inner=3, optimizer=optax.sgd(2.0))
+    assert not bool(np.all(info.accepted)) and bool(np.any(info.accepted))
+    assert np.all(np.diff(np.asarray(info.log_likelihood)) >= -1e-12)
+    # resuming from info.opt_state continues the run exactly (Adam's moments carried over)
+    whole, info_whole = rbm.gem_fit(params, data, num_outer=4, num_inner=2, optimizer=optax.adam(0.05))
+    half, info_half = rbm.gem_fit(params, data, num_outer=2, num_inner=2, optimizer=optax.adam(0.05))
+    resumed, info_resumed = rbm.gem_fit(half, data, num_outer=2, num_inner=2, optimizer=optax.adam(0.05),
+                                        opt_state=info_half.opt_state)
+    for a, b in zip(whole, resumed):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(info_whole.log_likelihood[2:], info_resumed.log_likelihood, rtol=1e-12)
+    # eager calls with new values of the same shapes compile nothing
+    other = rbm.init(jax.random.key(1), 4, 2, scale=0.1, dtype=jnp.float64)
+    new_data = jnp.asarray(reference.all_states(4)[rng.integers(0, 16, 40)])
+    jax.block_until_ready(rbm.gem_fit(params, data, num_outer=3, num_inner=2))
+    with _count_compiles() as compiles:
+        jax.block_until_ready(rbm.gem_fit(other, new_data, num_outer=3, num_inner=2))
+    assert compiles[0] == 0, compiles[0]
 
 
 def test_exact_functions_and_cd_compile_once_eagerly(rng):

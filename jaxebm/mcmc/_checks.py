@@ -28,11 +28,12 @@ def check_positions(name: str, state) -> None:
     here instead. Other state types pass through."""
     from jaxebm.mcmc._single_site import SpinState  # these import this module
     from jaxebm.mcmc.gibbs import RBMState
+    from jaxebm.mcmc.metropolis import MetropolisState
     from jaxebm.mcmc.tempering import ReplicaExchangeState
 
     if isinstance(state, ReplicaExchangeState):
         state = state.states
-    if not isinstance(state, (SpinState, RBMState)):
+    if not isinstance(state, (SpinState, MetropolisState, RBMState)):
         return
     for label, x in ((name, state.x), (f"{name} (hidden z)", getattr(state, "z", None))):
         if x is None or not is_concrete(x) or not getattr(x, "is_fully_addressable", True):

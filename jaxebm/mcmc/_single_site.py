@@ -23,26 +23,48 @@ _DEFAULT_BLOCK = 8  # measured fastest on CPU for n = 64 and 256 with 1e3-1e4 ch
 
 
 class SpinState(NamedTuple):
-    """State of a single-site sampler for +-1 spins.
+    r"""State of the Ising samplers (Metropolis and heat bath, dense or on a graph).
 
     Attributes:
       x: ``(n,)`` spins.
-      field: ``(n,)`` local fields ``h + J x`` (Ising samplers; zeros for the generic one).
-      log_weight: scalar log weight of ``x`` at beta = 1 (used by replica exchange and AIS).
+      local_field: ``(n,)`` local fields :math:`f = h + Jx` of ``x`` at beta = 1 (the tempered
+        conditionals use :math:`\beta f`); the external field is ``params.h``.
+      log_weight: scalar log weight of ``x`` at beta = 1, :math:`\tfrac12 x^\top(f + h)` (used
+        by replica exchange and AIS).
     """
 
     x: jax.Array
-    field: jax.Array
+    local_field: jax.Array
     log_weight: jax.Array
 
 
-class SpinInfo(NamedTuple):
-    acceptance_rate: jax.Array  # scalar: fraction of flips accepted (Metropolis) or made (heat bath)
+class MetropolisInfo(NamedTuple):
+    """Attributes:
+      acceptance_rate: scalar, the fraction of the sweep's single-spin proposals accepted. A
+        proposal flips one spin, so this is also the fraction of spins flipped.
+    """
+
+    acceptance_rate: jax.Array
 
 
-def _ising_log_weight(params: IsingParams, x, field):
+class HeatBathInfo(NamedTuple):
+    r"""Attributes:
+      flip_rate: scalar, the fraction of spins whose value changed in the sweep (the heat bath
+        proposes nothing: each spin is redrawn from its conditional, and keeps its value with
+        probability :math:`\sigma(2\beta x_i f_i)`).
+    """
+
+    flip_rate: jax.Array
+
+
+def sweep_info(rule: str, flips, n: int):
+    """The info of one sweep of ``rule`` that changed ``flips`` of ``n`` spins."""
+    return MetropolisInfo(flips / n) if rule == "metropolis" else HeatBathInfo(flips / n)
+
+
+def _ising_log_weight(params: IsingParams, x, local_field):
     # 0.5 x^T J x + h.x = 0.5 x.(f + h) with f = h + J x
-    return 0.5 * jnp.dot(x, field + params.h)
+    return 0.5 * jnp.dot(x, local_field + params.h)
 
 
 def accept(rule: str, r, x, f, beta):
@@ -64,7 +86,7 @@ def _randoms(rule: str, u):
 
 def _sweep_rows(u, h, J, x, beta, rule: str, block_size: int):
     """The blocked sequential sweep for ``C`` chains stored as rows: ``u``, ``x`` of shape
-    ``(n, C)``, ``beta`` a scalar or ``(C,)``. Returns ``(x, field, flips (C,))``.
+    ``(n, C)``, ``beta`` a scalar or ``(C,)``. Returns ``(x, local_field)``.
 
     Inside a block of ``b`` spins the fields are ``f_i = f_i^0 + sum_{j<i} J_ij d_j``, unrolled
     as straight-line code on contiguous ``(C,)`` rows so XLA fuses a block into a few loops;
@@ -107,7 +129,7 @@ def _sweep_rows(u, h, J, x, beta, rule: str, block_size: int):
 
 def single_site_sweep(key, params: IsingParams, x, beta, rule: str, block_size: int | None = None):
     """One sequential sweep over all spins of an Ising model; ``rule`` is ``"metropolis"`` or
-    ``"heat_bath"``. Returns ``(x, field, flips)``.
+    ``"heat_bath"``. Returns ``(x, local_field, flips)`` (the fields at beta = 1).
 
     Under ``jax.vmap`` over chains (keys and spins batched, one model) a custom batching rule
     runs the chains together as rows of an ``(n, chains)`` array, which XLA vectorises;
@@ -152,21 +174,26 @@ def _batched_sweep(rule: str, block_size: int):
     return sweep
 
 
+def ising_init(params: IsingParams, position) -> SpinState:
+    """The state of spins ``position`` (validated ``params``): local fields and log weight."""
+    x = spin_position(position, params.h.shape[0], params.h.dtype)
+    local_field = params.h + jnp.dot(params.J, x, precision=HIGHEST)
+    return SpinState(x, local_field, _ising_log_weight(params, x, local_field))
+
+
 def ising_algorithm(params: IsingParams, beta, rule: str, block_size: int | None) -> SamplingAlgorithm:
     """The dense Ising sampler of ``rule`` (``"metropolis"`` or ``"heat_bath"``): params validated
     and converted to JAX arrays (NumPy params would fail under ``vmap``) when it is built."""
     params = ising.validate_params(params, "target" if rule == "metropolis" else "params")
     beta = check_beta(beta)
     block_size = check_block_size(block_size)
-    n = params.h.shape[0]
 
-    def init(position):
-        x = spin_position(position, n, params.h.dtype)
-        field = params.h + jnp.dot(params.J, x, precision=HIGHEST)
-        return SpinState(x, field, _ising_log_weight(params, x, field))
+    def init(position, key=None):
+        del key  # deterministic: the state is a function of the spins
+        return ising_init(params, position)
 
     def step(key, state):
-        x, field, flips = single_site_sweep(key, params, state.x, beta, rule, block_size)
-        return SpinState(x, field, _ising_log_weight(params, x, field)), SpinInfo(flips / x.shape[0])
+        x, local_field, flips = single_site_sweep(key, params, state.x, beta, rule, block_size)
+        return SpinState(x, local_field, _ising_log_weight(params, x, local_field)), sweep_info(rule, flips, x.shape[0])
 
     return SamplingAlgorithm(init, step)

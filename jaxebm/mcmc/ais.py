@@ -57,7 +57,10 @@ def ais_log_partition(key, target, *, num_chains: int = 1000, num_temps: int = 1
       betas: explicit increasing schedule from 0 to 1.
       sweeps_per_temp: transitions per temperature.
       make_algorithm: ``beta -> SamplingAlgorithm`` whose states carry ``log_weight``.
-      init_fn: ``key -> position`` drawn exactly from the beta = 0 distribution.
+      init_fn: ``key -> position`` drawn exactly from the beta = 0 distribution. Each chain
+        starts at ``make_algorithm(0.0).init(init_fn(k0), k1)`` with its own keys, so a
+        state holding more than the position (the hidden units of an RBM) is completed by a
+        draw from the beta = 0 conditional: every target is treated alike.
       log_z0: log partition function at beta = 0.
 
     Validation: ``num_chains >= 2`` (the standard error needs two chains), ``num_temps >= 2``
@@ -127,10 +130,8 @@ def _ais(key, target, betas, log_z0, *, make_algorithm, init_fn, num_chains, swe
 
     def one_chain(key):
         k0, k_run = jax.random.split(key)
-        state = make_algorithm(0.0).init(init_fn(k0))
-        if isinstance(target, RBMParams):  # exact beta = 0 draw of z as well
-            z = jax.random.rademacher(jax.random.fold_in(k0, 1), state.z.shape, state.x.dtype)
-            state = state._replace(z=z, log_weight=-rbm_module.energy(target, state.x, z))
+        # an exact beta = 0 draw: the position from init_fn, the rest (an RBM's z) from init
+        state = make_algorithm(0.0).init(init_fn(k0), jax.random.fold_in(k0, 1))
 
         def body(carry, inputs):
             state, log_w = carry

@@ -56,12 +56,12 @@ from jaxebm import ising
 from jaxebm._validation import choice
 from jaxebm.ising import GraphIsingParams
 from jaxebm.mcmc._checks import check_beta, spin_position
-from jaxebm.mcmc._single_site import SpinInfo, SpinState, accept
+from jaxebm.mcmc._single_site import SpinState, accept, sweep_info
 from jaxebm.mcmc.base import SamplingAlgorithm
 
 HIGHEST = lax.Precision.HIGHEST
 
-__all__ = ["colour_sampler", "graph_field", "graph_log_weight", "is_graph_params"]
+__all__ = ["colour_sampler", "graph_init", "graph_local_field", "graph_log_weight", "is_graph_params"]
 
 # The four lattice neighbours as (shift, axis) of a (chains, rows, cols) array, in the order
 # their terms are summed: up (r - 1), down (r + 1), left (c - 1), right (c + 1).
@@ -231,7 +231,7 @@ def _gather_sweep(plan: _GatherPlan, rule: str, keys, x, h, J, beta):
 
 @functools.lru_cache(maxsize=64)
 def _chain_sweep(graph, colours: bytes, rule: str):
-    """The batched sweep ``(keys (C,), x (C, n), h, J, beta (C,)) -> (x, field, flips (C,))``
+    """The batched sweep ``(keys (C,), x (C, n), h, J, beta (C,)) -> (x, local_field, flips (C,))``
     of ``graph`` (``colours``: its colouring, part of the cache key because graph equality
     ignores it), with a custom vmap rule that folds extra vmapped axes into ``C``."""
     del colours
@@ -262,7 +262,7 @@ def is_graph_params(params) -> bool:
     return isinstance(params, GraphIsingParams)
 
 
-def graph_field(params, x):
+def graph_local_field(params, x):
     r"""Local fields :math:`f_i = h_i + \sum_{j\sim i} J_{ij} x_j` of one configuration ``x (n,)``
     of a :class:`~jaxebm.ising.GraphIsingParams` model, by neighbour gathers."""
     g = params.graph
@@ -270,10 +270,18 @@ def graph_field(params, x):
     return params.h + jnp.sum(Jm * x[g.neighbours], axis=-1)
 
 
-def graph_log_weight(params, x, field):
+def graph_log_weight(params, x, local_field):
     r""":math:`\log w(x) = \sum_{(i,j)\in E} J_{ij}x_ix_j + h^\top x = \tfrac12 x^\top(f + h)`
     from the local fields ``f`` of ``x``."""
-    return 0.5 * jnp.dot(x, field + params.h, precision=HIGHEST)
+    return 0.5 * jnp.dot(x, local_field + params.h, precision=HIGHEST)
+
+
+def graph_init(params, position) -> SpinState:
+    """The state of spins ``position`` for validated ``GraphIsingParams``: local fields and
+    log weight at beta = 1."""
+    x = spin_position(position, params.graph.n, params.h.dtype)
+    local_field = graph_local_field(params, x)
+    return SpinState(x, local_field, graph_log_weight(params, x, local_field))
 
 
 def colour_sampler(params, beta=1.0, rule: str = "heat_bath", block_size: int | None = None) -> SamplingAlgorithm:
@@ -293,10 +301,12 @@ def colour_sampler(params, beta=1.0, rule: str = "heat_bath", block_size: int | 
       block_size: must be None (it tunes the dense sampler only).
 
     Returns:
-      ``SamplingAlgorithm`` over :class:`~jaxebm.mcmc.SpinState` (``x``, ``field`` = the local
-      fields, ``log_weight`` at beta = 1) with :class:`~jaxebm.mcmc.SpinInfo` (fraction of
-      spins changed), so it composes with ``replica_exchange``, ``run_chains`` and AIS.
-      ``init`` checks the start is +-1 spins of shape ``(n,)``. Reached through
+      ``SamplingAlgorithm`` over :class:`~jaxebm.mcmc.SpinState` (``x``, ``local_field``,
+      ``log_weight`` at beta = 1), the info being :class:`~jaxebm.mcmc.HeatBathInfo`
+      (``flip_rate``) or :class:`~jaxebm.mcmc.MetropolisInfo` (``acceptance_rate``), as for
+      the dense samplers, so it composes with ``replica_exchange``, ``run_chains`` and AIS.
+      ``init(position, key=None)`` checks the start is +-1 spins of shape ``(n,)`` (the key
+      is ignored: the state is a function of the spins). Reached through
       :func:`jaxebm.mcmc.heat_bath` and :func:`jaxebm.mcmc.metropolis`.
     """
     choice("rule", rule, ("heat_bath", "metropolis"))
@@ -308,17 +318,16 @@ def colour_sampler(params, beta=1.0, rule: str = "heat_bath", block_size: int | 
     sweep = _chain_sweep(graph, np.asarray(graph.colours).tobytes(), rule)
     n = graph.n
 
-    def init(position):
-        x = spin_position(position, n, params.h.dtype)
-        field = graph_field(params, x)
-        return SpinState(x, field, graph_log_weight(params, x, field))
+    def init(position, key=None):
+        del key  # deterministic
+        return graph_init(params, position)
 
     def step(key, state):
         if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
             key = jax.random.wrap_key_data(key)
         b = jnp.reshape(jnp.asarray(beta, state.x.dtype), (1,))
-        x, field, flips = sweep(key[None], state.x[None], params.h, params.J, b)
-        x, field = x[0], field[0]
-        return SpinState(x, field, graph_log_weight(params, x, field)), SpinInfo(flips[0] / n)
+        x, local_field, flips = sweep(key[None], state.x[None], params.h, params.J, b)
+        x, local_field = x[0], local_field[0]
+        return SpinState(x, local_field, graph_log_weight(params, x, local_field)), sweep_info(rule, flips[0], n)
 
     return SamplingAlgorithm(init, step)

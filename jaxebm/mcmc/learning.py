@@ -9,24 +9,55 @@ estimate stays unbiased at low temperature where single chains get stuck.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
 
 from jaxebm import ising
-from jaxebm._validation import count, ladder
+from jaxebm._validation import count, ladder, optimizer_state, spins
 from jaxebm.ising import IsingParams
 from jaxebm.mcmc.colour import is_graph_params
 from jaxebm.mcmc.gibbs import heat_bath
 from jaxebm.mcmc.tempering import replica_exchange
+from jaxebm.types import Array, PRNGKey, PyTree
 
-__all__ = ["pcd_fit_ising"]
+__all__ = ["PCDInfo", "pcd_fit_ising"]
 
 
-def pcd_fit_ising(key, params: IsingParams, data, optimizer: optax.GradientTransformation, num_steps: int, *,
-                  betas, num_chains: int = 64, steps_per_update: int = 2):
+class PCDInfo(NamedTuple):
+    """What :func:`pcd_fit_ising` returns beside the parameters.
+
+    Attributes:
+      residual: ``(num_steps,)`` largest |data moment - chain moment| at each update, an
+        MCMC estimate of the moment residual (Eq. (2.31)-(2.32)) at the parameters the
+        update started from (noisy: no monotonicity is guaranteed).
+      opt_state: the optimiser state after the last update.
+      chains: ``(num_chains, len(betas), n)`` final positions of the replica-exchange
+        chains, one per temperature slot (the last slot at beta = 1). Pass
+        ``opt_state=info.opt_state, chains=info.chains`` to resume.
+    """
+
+    residual: Array
+    opt_state: PyTree
+    chains: Array
+
+
+def pcd_fit_ising(key: PRNGKey, params: IsingParams, data, optimizer: optax.GradientTransformation,
+                  num_steps: int, *, betas, num_chains: int = 64, steps_per_update: int = 2,
+                  opt_state: PyTree | None = None, chains=None) -> tuple[IsingParams, PCDInfo]:
     r"""Learns an Ising model by PCD with persistent replica-exchange chains.
+
+    Each update advances the chains ``steps_per_update`` replica-exchange steps and descends
+    the nll along the estimated moment difference (Eq. (2.31)-(2.32); erratum (2.33): the
+    printed sign is wrong)
+
+    .. math:: \nabla_h \mathcal L \approx \hat{\langle x\rangle} - \bar x, \qquad
+              \nabla_J \mathcal L \approx \big(\hat{\langle xx^\top\rangle} - \overline{xx^\top}\big)/2
+
+    with :math:`\hat{\langle\cdot\rangle}` the mean over the chains' beta = 1 replicas.
 
     Args:
       key: PRNG key.
@@ -39,13 +70,15 @@ def pcd_fit_ising(key, params: IsingParams, data, optimizer: optax.GradientTrans
       betas: ladder for replica exchange; its *last* entry must be 1 (the model itself).
       num_chains: independent replica-exchange chains (vmapped).
       steps_per_update: replica-exchange steps between updates.
+      opt_state: optimiser state to resume from (default ``optimizer.init(params)``).
+      chains: ``(num_chains, len(betas), n)`` +-1 positions to resume the chains from
+        (default: uniformly random); the swap bookkeeping restarts.
 
     ``betas`` must be a ladder (finite, > 0, strictly monotone) whose last entry is exactly 1:
     another last entry would fit the model at that temperature, not the data's model.
 
     Returns:
-      ``(params, moment_residual_history (num_steps,))``, the residual being the largest
-      |data moment - chain moment| at each update (an MCMC estimate).
+      ``(params, PCDInfo)``.
     """
     graph = is_graph_params(params)
     params = ising.validate_params(params)  # JAX arrays (the scan carries them)
@@ -59,7 +92,14 @@ def pcd_fit_ising(key, params: IsingParams, data, optimizer: optax.GradientTrans
     betas = jnp.asarray(betas, params.h.dtype)
     R, n = betas.shape[0], params.h.shape[0]
     key_init, key_run = jax.random.split(key)
-    x0 = jax.random.rademacher(key_init, (num_chains, R, n), params.h.dtype)
+    if chains is None:
+        x0 = jax.random.rademacher(key_init, (num_chains, R, n), params.h.dtype)
+    else:
+        x0 = spins("chains", chains, n=n, ndim=3, dtype=params.h.dtype)
+        if x0.shape != (num_chains, R, n):
+            raise ValueError(f"chains must have shape (num_chains, len(betas), n) = ({num_chains}, {R}, {n}); "
+                             f"got {x0.shape}.")
+    opt_state = optimizer_state(optimizer, params, opt_state)
 
     def algorithm(p):
         return replica_exchange(lambda b: heat_bath(p, b), betas)
@@ -90,9 +130,9 @@ def pcd_fit_ising(key, params: IsingParams, data, optimizer: optax.GradientTrans
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state, states), residual
 
-    (params, _, _), residuals = lax.scan(update, (params, optimizer.init(params), states),
-                                         jax.random.split(key_run, num_steps))
-    return params, residuals
+    (params, opt_state, states), residuals = lax.scan(update, (params, opt_state, states),
+                                                      jax.random.split(key_run, num_steps))
+    return params, PCDInfo(residuals, opt_state, states.states.x)
 
 
 def _edge_moments(graph, x):

@@ -21,30 +21,59 @@ proposed flip.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxebm import ising
 from jaxebm.ising import IsingParams
-from jaxebm.mcmc import _checks, _single_site
 from jaxebm.mcmc._checks import check_beta, spin_position
-from jaxebm.mcmc._single_site import SpinInfo, SpinState, ising_algorithm, single_site_sweep
+from jaxebm.mcmc._single_site import MetropolisInfo, SpinState, ising_algorithm, ising_init, single_site_sweep
 from jaxebm.mcmc.base import SamplingAlgorithm
-from jaxebm.mcmc.colour import colour_sampler, is_graph_params
+from jaxebm.mcmc.colour import colour_sampler, graph_init, is_graph_params
 
-__all__ = ["SpinInfo", "SpinState", "metropolis", "single_site_sweep"]
+__all__ = ["MetropolisInfo", "MetropolisState", "SpinState", "metropolis", "metropolis_init", "single_site_sweep"]
 
-# jaxebm.mcmc.colour still imports these three from here; they live in _single_site / _checks.
-_accept, _check_beta, _position = _single_site.accept, _checks.check_beta, _checks.spin_position
+
+class MetropolisState(NamedTuple):
+    """State of Metropolis on a log-weight function (no local fields: the function is
+    evaluated on each proposed flip).
+
+    Attributes:
+      x: ``(n,)`` spins.
+      log_weight: scalar ``log_weight_fn(x)``, the log weight at beta = 1.
+    """
+
+    x: jax.Array
+    log_weight: jax.Array
+
+
+def metropolis_init(target: IsingParams | Callable, position) -> SpinState | MetropolisState:
+    """The Metropolis state of spins ``position`` (shape ``(n,)``, +-1) for ``target``:
+    :class:`SpinState` (local fields and log weight) for ``IsingParams`` or
+    ``GraphIsingParams``, :class:`MetropolisState` for a ``log_weight_fn``. The same as
+    ``metropolis(target).init(position)``; deterministic, so it takes no key."""
+    if is_graph_params(target) or isinstance(target, IsingParams):
+        params = ising.validate_params(target, "target")
+        return graph_init(params, position) if is_graph_params(params) else ising_init(params, position)
+    if callable(target):
+        return _generic_init(target, position)
+    raise ValueError(f"target must be IsingParams or a log_weight_fn; got {type(target).__name__}.")
+
+
+def _generic_init(log_weight_fn: Callable, position) -> MetropolisState:
+    x = spin_position(position, None)
+    return MetropolisState(x, log_weight_fn(x))
 
 
 def _generic_metropolis(log_weight_fn: Callable, beta) -> SamplingAlgorithm:
     beta = check_beta(beta)
 
-    def init(position):
-        x = spin_position(position, None)
-        return SpinState(x, jnp.zeros_like(x), log_weight_fn(x))
+    def init(position, key=None):
+        del key  # deterministic
+        return _generic_init(log_weight_fn, position)
 
     def step(key, state):
         n = state.x.shape[0]
@@ -58,7 +87,7 @@ def _generic_metropolis(log_weight_fn: Callable, beta) -> SamplingAlgorithm:
             return (jnp.where(accept, proposal, x), jnp.where(accept, lw_new, lw), count + accept), None
 
         (x, lw, count), _ = lax.scan(flip, (state.x, state.log_weight, jnp.zeros((), jnp.int32)), jnp.arange(n))
-        return SpinState(x, state.field, lw), SpinInfo(count / n)
+        return MetropolisState(x, lw), MetropolisInfo(count / n)
 
     return SamplingAlgorithm(init, step)
 
@@ -85,7 +114,10 @@ def metropolis(target: IsingParams | Callable, beta: float = 1.0, block_size: in
     are checked by :func:`jaxebm.mcmc.run_chains` instead).
 
     Returns:
-      ``SamplingAlgorithm``; ``init(x0: (n,)) -> SpinState``, ``step(key, state)``.
+      ``SamplingAlgorithm``: ``init(position (n,), key=None)`` (no randomness; the key is
+      ignored) gives a :class:`SpinState` for Ising targets, a :class:`MetropolisState` for a
+      ``log_weight_fn``; ``step(key, state) -> (state, MetropolisInfo)``, whose
+      ``acceptance_rate`` is the fraction of proposals accepted, i.e. of spins flipped.
     """
     if is_graph_params(target):  # sparse: colour classes, neighbour gathers (jaxebm.mcmc.colour)
         return colour_sampler(target, beta, "metropolis", block_size)

@@ -27,7 +27,7 @@ from jaxebm.mcmc._checks import check_positions
 from jaxebm.mcmc.base import SamplingAlgorithm, run_chain
 
 __all__ = ["ReplicaExchangeInfo", "ReplicaExchangeState", "adapt_ladder", "geometric_ladder", "replica_exchange",
-           "tune_ladder"]
+           "replica_exchange_init", "tune_ladder"]
 
 
 class ReplicaExchangeState(NamedTuple):
@@ -47,6 +47,9 @@ class ReplicaExchangeState(NamedTuple):
 
 
 class ReplicaExchangeInfo(NamedTuple):
+    """Swap statistics of one step, and the inner samplers' infos (e.g. ``inner.flip_rate``
+    of heat-bath replicas, ``inner.acceptance_rate`` of Metropolis ones, each ``(R,)``)."""
+
     swap_attempted: jax.Array  # (R-1,) bool: pairs proposed this step
     swap_accepted: jax.Array  # (R-1,) bool
     swap_probability: jax.Array  # (R-1,) acceptance probability of each pair (computed for all pairs)
@@ -72,32 +75,58 @@ def _update_ends(walker, last_end, round_trips):
     return last_end, round_trips
 
 
+def _check_make_algorithm(make_algorithm):
+    if not callable(make_algorithm):
+        raise ValueError(f"make_algorithm must be a function beta -> SamplingAlgorithm; got "
+                         f"{type(make_algorithm).__name__}.")
+
+
+def _init(make_algorithm, betas, positions, key):
+    R = betas.shape[0]
+    leaves = jax.tree_util.tree_leaves(positions)
+    if not leaves or any(np.ndim(a) < 1 or np.shape(a)[0] != R for a in leaves):
+        raise ValueError(f"positions must be stacked over the {R} temperature slots (leading axis {R}); got "
+                         f"shape(s) {[np.shape(a) for a in leaves]}.")
+    if key is None:  # samplers whose init draws nothing (the inner init says so if it needs a key)
+        states = jax.vmap(lambda b, p: make_algorithm(b).init(p))(betas, positions)
+    else:
+        states = jax.vmap(lambda b, p, k: make_algorithm(b).init(p, k))(betas, positions, jax.random.split(key, R))
+    check_positions("positions", states)  # values of the (vmapped, hence traced) inner inits
+    walker = jnp.arange(R, dtype=jnp.int32)
+    last_end, trips = _update_ends(walker, jnp.zeros(R, jnp.int32), jnp.zeros(R, jnp.int32))
+    return ReplicaExchangeState(states, walker, last_end, trips, jnp.zeros((), jnp.int32))
+
+
+def replica_exchange_init(make_algorithm: Callable[[Any], SamplingAlgorithm], betas, positions,
+                          key=None) -> ReplicaExchangeState:
+    """The replica-exchange state of ``positions`` stacked over the ``R`` slots of ``betas``:
+    slot ``r`` holds ``make_algorithm(betas[r]).init(positions[r], key_r)``, with ``key_r`` the
+    ``r``-th of ``jax.random.split(key, R)`` (no key is passed when ``key`` is None, for
+    samplers whose init draws nothing). The same as ``replica_exchange(make_algorithm,
+    betas).init(positions, key)``."""
+    _check_make_algorithm(make_algorithm)
+    return _init(make_algorithm, ladder("betas", betas), positions, key)
+
+
 def replica_exchange(make_algorithm: Callable[[Any], SamplingAlgorithm], betas) -> SamplingAlgorithm:
     """Meta-kernel: ``make_algorithm(beta)`` builds the sampler at one inverse temperature
-    (beta may be traced). ``init(positions)`` takes positions stacked over the R slots.
+    (beta may be traced).
 
     ``betas`` is a ladder: at least 2 finite inverse temperatures > 0, strictly monotone.
 
     Returns:
       ``SamplingAlgorithm`` over :class:`ReplicaExchangeState`, info
-      :class:`ReplicaExchangeInfo`.
+      :class:`ReplicaExchangeInfo`. ``init(positions, key=None)`` takes positions stacked
+      over the R slots and gives slot ``r`` the ``r``-th of ``jax.random.split(key, R)``
+      (see :func:`replica_exchange_init`); the key is needed when the inner sampler's init draws
+      (``rbm_gibbs``).
     """
-    if not callable(make_algorithm):
-        raise ValueError(f"make_algorithm must be a function beta -> SamplingAlgorithm; got "
-                         f"{type(make_algorithm).__name__}.")
+    _check_make_algorithm(make_algorithm)
     betas = ladder("betas", betas)
     R = betas.shape[0]
 
-    def init(positions):
-        leaves = jax.tree_util.tree_leaves(positions)
-        if not leaves or any(np.ndim(a) < 1 or np.shape(a)[0] != R for a in leaves):
-            raise ValueError(f"positions must be stacked over the {R} temperature slots (leading axis {R}); got "
-                             f"shape(s) {[np.shape(a) for a in leaves]}.")
-        states = jax.vmap(lambda b, p: make_algorithm(b).init(p))(betas, positions)
-        check_positions("positions", states)  # values of the (vmapped, hence traced) inner inits
-        walker = jnp.arange(R, dtype=jnp.int32)
-        last_end, trips = _update_ends(walker, jnp.zeros(R, jnp.int32), jnp.zeros(R, jnp.int32))
-        return ReplicaExchangeState(states, walker, last_end, trips, jnp.zeros((), jnp.int32))
+    def init(positions, key=None):
+        return _init(make_algorithm, betas, positions, key)
 
     def step(key, state):
         k_inner, k_swap = jax.random.split(key)
@@ -154,13 +183,16 @@ def tune_ladder(key, make_algorithm, betas, positions, *, num_rounds: int = 10, 
     """Adaptive ladder: alternates replica-exchange runs and :func:`adapt_ladder` until the
     swap rates are equal. Returns ``(betas, acceptance_history (num_rounds, R-1), positions)``.
 
-    Each round runs one compiled program (cached on ``make_algorithm`` and
-    ``steps_per_round``; the ladder is an argument, so the rounds share it)."""
+    Each round starts from the positions (``(R, n)``) the last one ended at, initialising the
+    states with a key folded from the round's key (so samplers whose init draws, such as
+    ``rbm_gibbs``, work too). Each round runs one compiled program (cached on
+    ``make_algorithm`` and ``steps_per_round``; the ladder is an argument, so the rounds
+    share it)."""
     ladder("betas", betas)
     betas = np.asarray(betas, np.float64)
     num_rounds, steps_per_round = count("num_rounds", num_rounds), count("steps_per_round", steps_per_round)
     damping = finite_scalar("damping", damping, minimum=0.0, maximum=1.0)
-    replica_exchange(make_algorithm, jnp.asarray(betas, jnp.float32)).init(positions)  # validates positions
+    replica_exchange(make_algorithm, jnp.asarray(betas, jnp.float32)).init(positions, key)  # validates positions
     history = []
     for k in jax.random.split(key, num_rounds):
         positions, accepted, attempted = _tune_round(k, jnp.asarray(betas, jnp.float32), positions,
@@ -179,5 +211,6 @@ def _swaps(state, info):
 @functools.partial(jax.jit, static_argnames=("make_algorithm", "num_steps"))
 def _tune_round(key, betas, positions, *, make_algorithm, num_steps):
     algo = replica_exchange(make_algorithm, betas)
-    state, (accepted, attempted) = run_chain(key, algo, algo.init(positions), num_steps, trace_fn=_swaps)
+    state = algo.init(positions, jax.random.fold_in(key, 1))
+    state, (accepted, attempted) = run_chain(key, algo, state, num_steps, trace_fn=_swaps)
     return state.states.x, accepted, attempted
