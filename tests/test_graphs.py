@@ -224,15 +224,22 @@ def test_gradient_of_log_partition_is_the_moments(rng):
                                   lambda: graphs.square_lattice(6, 10, periodic=True),
                                   lambda: graphs.square_lattice(10, 5, periodic=(True, False)),
                                   lambda: graphs.erdos_renyi(6, 16, 0.25)])
+@pytest.mark.slow  # 15-25 s each: compiling reverse-mode differentiation of the elimination
 def test_moments_sweep_matches_reverse_mode(make, rng):
-    # moments uses a hand-written forward-backward sweep; jax.grad(log_partition) is plain
-    # reverse-mode differentiation: they agree (with scale blocks, merges and prefix steps),
-    # eagerly and under jit + vmap (the traced "auto" path).
+    # moments (and the custom JVP of log_partition) use a hand-written forward-backward sweep;
+    # here it is checked against plain reverse-mode differentiation of the elimination pass
+    # (with scale blocks, merges and prefix steps), eagerly and under jit + vmap (the traced
+    # "auto" path).
     g = make()
     h, J = (x.astype(np.float32) for x in _model(g, rng))
+    plan = elimination._plan(g)
+
+    def reverse_mode(a, b):
+        return jax.value_and_grad(lambda a, b: elimination._log_z_mode(a, b, plan, "linear")[0],
+                                  argnums=(0, 1))(a, b)
+
     z, mean, corr = elimination.moments(h, J, g, mode="linear")
-    rz, (rh, rJ) = jax.value_and_grad(lambda a, b: elimination.log_partition(a, b, g, mode="linear"),
-                                      argnums=(0, 1))(h, J)
+    rz, (rh, rJ) = reverse_mode(h, J)
     assert abs(float(z) - float(rz)) <= 1e-6 * abs(float(rz))
     np.testing.assert_allclose(mean, rh, atol=2e-6)
     np.testing.assert_allclose(corr, rJ, atol=2e-6)
@@ -241,10 +248,34 @@ def test_moments_sweep_matches_reverse_mode(make, rng):
     np.testing.assert_allclose(bz[0], z, rtol=1e-6)
     np.testing.assert_allclose(bmean[0], mean, atol=2e-6)
     np.testing.assert_allclose(bcorr[0], corr, atol=2e-6)
-    _, (nh, nJ) = jax.value_and_grad(lambda a, b: elimination.log_partition(a, b, g, mode="linear"),
-                                     argnums=(0, 1))(-h, J)
+    _, (nh, nJ) = reverse_mode(-h, J)
     np.testing.assert_allclose(bmean[1], nh, atol=2e-6)
     np.testing.assert_allclose(bcorr[1], nJ, atol=2e-6)
+
+
+@pytest.mark.parametrize("mode", ["linear", "log"])
+def test_second_derivatives_of_log_partition_are_the_covariance(mode, rng):
+    """The Hessian of log Z is the covariance of the sufficient statistics (x_k, x_i x_j):
+    forward-over-reverse through the custom JVP (the sweep differentiated again) against the
+    brute force, and the specific-heat form d^2 log Z / d beta^2 = Var(log w)."""
+    g = graphs.square_lattice(3, 4, periodic=(True, False))
+    h, J = _model(g, rng)
+    *_, probs = ref.graph_exact(h, J, g.edges)
+    X = ref.all_states(g.n)
+    stats = np.concatenate([X, X[:, g.edges[:, 0]] * X[:, g.edges[:, 1]]], axis=1)
+    mean = probs @ stats
+    cov = (stats - mean).T @ ((stats - mean) * probs[:, None])
+    theta = jnp.asarray(np.concatenate([h, J]), jnp.float32)
+
+    def log_z(t):
+        return elimination.log_partition(t[:g.n], t[g.n:], g, mode=mode)
+
+    hess = jax.jit(jax.hessian(log_z))(theta)
+    np.testing.assert_allclose(hess, cov, atol=2e-5)
+    lw = stats @ np.concatenate([h, J])
+    var = probs @ (lw - probs @ lw) ** 2
+    d2 = jax.grad(jax.grad(lambda b: log_z(b * theta)))(1.0)
+    assert abs(float(d2) - var) <= 1e-5 * var + 1e-5, (float(d2), var)
 
 
 @pytest.mark.slow
