@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from experiments import common
-from jaxebm import curvature, rbm
+from jaxebm import curvature, optim, rbm
 from jaxebm import data as datasets
 
 NAME = "ch4_rbm"
@@ -59,25 +59,25 @@ def train_method(method, key, params, train, test, num_evals, every, batch, lr):
 
     chains0 = train[:batch]
 
-    def step(carry, key):
-        params, opt_state, chains = carry
+    def loss(params, chains, key):  # the method's gradient estimate, as optim.run's stochastic objective
+        p = jax.lax.stop_gradient(params)  # the estimate is a value at params, not differentiated
         k_batch, k_grad = jax.random.split(key)
         data = train[jax.random.choice(k_batch, train.shape[0], (batch,), replace=False)]
         if method == "CD-1":
-            grads = rbm.cd_grad(k_grad, params, data, 1)
+            grads = rbm.cd_grad(k_grad, p, data, 1)
         elif method == "CD-10":
-            grads = rbm.cd_grad(k_grad, params, data, 10)
+            grads = rbm.cd_grad(k_grad, p, data, 10)
         elif method == "PCD-1":
-            grads, chains = rbm.pcd_grad(k_grad, params, data, chains, 1)
+            grads, chains = rbm.pcd_grad(k_grad, p, data, chains, 1)
         else:
-            grads = rbm.exact_grad(params, train)
-        updates, opt_state = opt.update(grads, opt_state)
-        return (optax.apply_updates(params, updates), opt_state, chains), None
+            grads = rbm.exact_grad(p, train)
+        return optim.estimated_gradient_loss(params, grads), chains
 
     def outer(carry, key):
-        ll = _eval(carry[0], train, test)
-        carry, _ = jax.lax.scan(step, carry, jax.random.split(key, every))
-        return carry, ll
+        params, opt_state, chains = carry
+        ll = _eval(params, train, test)
+        params, info = optim.run(opt, loss, params, every, opt_state=opt_state, key=key, aux=chains)
+        return (params, info.opt_state, info.aux), ll
 
     (params, _, _), curve = jax.lax.scan(outer, (params, opt.init(params), chains0),
                                          jax.random.split(key, num_evals))

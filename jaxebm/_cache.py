@@ -88,7 +88,10 @@ def trace(fn, *example_args) -> tuple[Traced, tuple]:
 
 
 @functools.partial(jax.jit, static_argnames=("traced", "num_steps"))
-def scan(consts, carry, *, traced: Traced, num_steps: int):
-    """``num_steps`` iterations of a traced step ``carry -> (carry, record)`` as one compiled
-    ``lax.scan``, cached on the traced program (see :func:`trace`)."""
-    return jax.lax.scan(lambda c, _: traced(consts, c), carry, None, length=num_steps)
+def scan(consts, carry, xs=None, *, traced: Traced, num_steps: int):
+    """``num_steps`` iterations of a traced step ``(carry, x) -> (carry, record)`` over ``xs``
+    (``None``: the step gets ``None``) as one compiled ``lax.scan``, cached on the traced
+    program (see :func:`trace`)."""
+    if xs is None:
+        return jax.lax.scan(lambda c, _: traced(consts, c, None), carry, None, length=num_steps)
+    return jax.lax.scan(lambda c, x: traced(consts, c, x), carry, xs, length=num_steps)

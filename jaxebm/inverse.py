@@ -42,7 +42,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxebm import curvature, ising
+from jaxebm import curvature, ising, optim
 from jaxebm._numerics import HIGHEST, log2cosh
 from jaxebm._validation import (
     ConvergenceWarning,
@@ -343,24 +343,11 @@ def mpf_objective(theta, data, *, l2: float = 0.0, batch_size: int | None = None
 
 
 def _lbfgs(objective, theta0, max_iter, tol):
-    """Minimises ``objective`` with optax L-BFGS (zoom line search) as one while_loop, until
-    the gradient's max-norm falls below ``tol``."""
-    opt = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(objective)
-
-    def cond(carry):
-        _, state, k = carry
-        grad = optax.tree_utils.tree_get(state, "grad")
-        return (k < max_iter) & ((k == 0) | (jnp.max(jnp.abs(grad)) > tol))
-
-    def body(carry):
-        theta, state, k = carry
-        value, grad = value_and_grad(theta, state=state)
-        updates, state = opt.update(grad, state, theta, value=value, grad=grad, value_fn=objective)
-        return optax.apply_updates(theta, updates), state, k + 1
-
-    theta, _, iters = lax.while_loop(cond, body, (theta0, opt.init(theta0), jnp.zeros((), jnp.int32)))
-    return theta, iters
+    """Minimises ``objective`` with optax L-BFGS (zoom line search) through
+    :func:`jaxebm.optim.run` until the gradient's max-norm falls to ``tol``; returns
+    ``(theta, number of updates)``."""
+    theta, info = optim.run(optax.lbfgs(), objective, theta0, max_iter, tol=tol)
+    return theta, info.num_updates
 
 
 def pseudolikelihood(data, l2: float = 0.0, *, symmetric: bool = True, max_iter: int = 500, tol: float = 1e-6,

@@ -7,11 +7,14 @@ and this runs ``value_and_grad -> update(..., value_fn=...) -> apply_updates`` f
 metrics and the final optimiser state).
 
 Every optax loop of the library runs through :func:`run`: :func:`jaxebm.ising.fit` (dense
-and graph models) and the inner steps of :func:`jaxebm.rbm.gem_fit` (with ``safeguard``).
+and graph models), the inner steps of :func:`jaxebm.rbm.gem_fit` (with ``safeguard``),
+the L-BFGS of :mod:`jaxebm.inverse` (with ``tol``) and :func:`jaxebm.mcmc.pcd_fit_ising`
+(a stochastic objective, with ``key`` and ``aux``).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -20,10 +23,10 @@ import jax.numpy as jnp
 import optax
 
 from jaxebm import _cache
-from jaxebm._validation import count, optimizer_state
-from jaxebm.types import Array, PyTree
+from jaxebm._validation import count, optimizer_state, regulariser
+from jaxebm.types import Array, PRNGKey, PyTree
 
-__all__ = ["RunInfo", "run"]
+__all__ = ["RunInfo", "estimated_gradient_loss", "run"]
 
 
 class RunInfo(NamedTuple):
@@ -40,6 +43,13 @@ class RunInfo(NamedTuple):
         ``run(..., opt_state=info.opt_state)`` to resume where the run stopped.
       accepted: ``(num_steps,)`` bool, whether each step was taken (``safeguard=True``);
         ``None`` otherwise (every step is taken).
+      aux: for a stochastic objective (``key`` given), the auxiliary state after the last
+        step (e.g. persistent chains), to resume from; ``None`` otherwise.
+      num_updates: with ``tol``, the number of updates taken; the histories' entry
+        ``num_updates`` is where the loop stopped (when it converged) and later entries are
+        NaN. ``None`` otherwise.
+      converged: with ``tol``, whether the gradient's max-norm fell to ``tol``; ``None``
+        otherwise.
     """
 
     loss: Array
@@ -47,11 +57,22 @@ class RunInfo(NamedTuple):
     metrics: PyTree
     opt_state: PyTree
     accepted: Array | None
+    aux: PyTree = None
+    num_updates: Array | None = None
+    converged: Array | None = None
+
+
+def estimated_gradient_loss(params: PyTree, grads: PyTree) -> Array:
+    r"""A scalar whose gradient with respect to ``params`` is ``grads`` (held constant):
+    :math:`\sum_i 	heta_i\, \mathrm{sg}(g_i)`. It feeds a gradient *estimate* (CD, PCD, any
+    Monte Carlo gradient) to :func:`run` as a stochastic objective; its value means nothing."""
+    return optax.tree_utils.tree_vdot(params, jax.lax.stop_gradient(grads))
 
 
 def run(optimizer: optax.GradientTransformation, loss_fn: Callable[..., Array], params: PyTree,
         num_steps: int, *args, metrics_fn: Callable[[PyTree, Array, PyTree, PyTree], PyTree] | None = None,
-        opt_state: PyTree | None = None, safeguard: bool = False) -> tuple[PyTree, RunInfo]:
+        opt_state: PyTree | None = None, safeguard: bool = False, key: PRNGKey | None = None,
+        aux: PyTree = None, tol: float | None = None) -> tuple[PyTree, RunInfo]:
     r"""Runs ``num_steps`` optax steps on ``loss_fn(params, *args)`` as a ``lax.scan``.
 
     .. math:: (u_t, s_{t+1}) = \mathrm{update}(\nabla f(\theta_t), s_t, \theta_t), \qquad
@@ -61,6 +82,19 @@ def run(optimizer: optax.GradientTransformation, loss_fn: Callable[..., Array], 
     (:math:`f(\theta_t + u_t) \le f(\theta_t)`, else :math:`\theta_{t+1} = \theta_t`; the
     optimiser state moves on either way), so the loss history never increases whatever the
     optimiser (one extra loss evaluation per step).
+
+    **Stochastic objectives.** With a ``key``, the loss is called as
+    ``loss_fn(params, aux, key_t, *args) -> (loss, aux)`` with a fresh ``key_t`` per step
+    (``jax.random.split(key, num_steps)``) and an auxiliary state ``aux`` carried from step to
+    step (persistent chains, say; ``None`` if there is none); only ``loss`` is differentiated.
+    A gradient estimate enters through :func:`estimated_gradient_loss`. This is how
+    :func:`jaxebm.mcmc.pcd_fit_ising` and the CD/PCD loops of the experiments run.
+
+    **Stopping at a tolerance.** With ``tol``, the loop is a ``lax.while_loop`` that stops
+    before the first step whose gradient max-norm is at most ``tol`` (``num_steps`` is then
+    the iteration limit; :func:`jaxebm.inverse.pseudolikelihood` and :func:`~jaxebm.inverse.mpf`
+    run their L-BFGS this way). Optimisers that keep the value and gradient in their state
+    (``optax.lbfgs``'s line search) have them reused, not recomputed.
 
     Args:
       optimizer: any optax transformation; extra-args transforms receive
@@ -74,7 +108,11 @@ def run(optimizer: optax.GradientTransformation, loss_fn: Callable[..., Array], 
         update).
       opt_state: state to continue from (default: ``optimizer.init(params)``), e.g. the
         ``opt_state`` of a previous run's :class:`RunInfo`.
-      safeguard: accept only steps that do not increase the loss.
+      safeguard: accept only steps that do not increase the loss (deterministic losses
+        only).
+      key: PRNG key of a stochastic objective (see above).
+      aux: its initial auxiliary state.
+      tol: stop once the gradient's max-norm is at most ``tol`` (>= 0; deterministic losses).
 
     Returns:
       ``(params, RunInfo)``.
@@ -93,16 +131,35 @@ def run(optimizer: optax.GradientTransformation, loss_fn: Callable[..., Array], 
         raise ValueError(f"metrics_fn must be callable or None; got {type(metrics_fn).__name__}.")
     if not isinstance(safeguard, bool):
         raise ValueError(f"safeguard must be True or False; got {safeguard!r}.")
+    if key is None and aux is not None:
+        raise ValueError("aux is the carried state of a stochastic objective: pass key too "
+                         "(loss_fn(params, aux, key, *args) -> (loss, aux)).")
+    if key is not None and safeguard:
+        raise ValueError("safeguard compares losses between steps, which a stochastic objective (key given) "
+                         "cannot do; drop safeguard or key.")
+    if tol is not None:
+        tol = regulariser("tol", tol)
+        if key is not None or safeguard:
+            raise ValueError("tol stops a deterministic loss; it cannot be combined with key or safeguard.")
     num_steps = count("num_steps", num_steps)
+    if tol is not None:
+        return _run_to_tolerance(optimizer, loss_fn, params, num_steps, args, metrics_fn, opt_state, tol)
     optimizer = optax.with_extra_args_support(optimizer)
     state = optimizer_state(optimizer, params, opt_state)
+    stochastic = key is not None
 
-    def value_fn(p):
-        return loss_fn(p, *args)
+    def step(carry, step_key):
+        params, state, aux = carry
+        if stochastic:
+            def value_fn(p):
+                return loss_fn(p, aux, step_key, *args)[0]
 
-    def step(carry):
-        params, state = carry
-        value, grads = jax.value_and_grad(value_fn)(params)
+            (value, aux), grads = jax.value_and_grad(lambda p: loss_fn(p, aux, step_key, *args), has_aux=True)(params)
+        else:
+            def value_fn(p):
+                return loss_fn(p, *args)
+
+            value, grads = jax.value_and_grad(value_fn)(params)
         updates, state = optimizer.update(grads, state, params, value=value, grad=grads, value_fn=value_fn)
         gmax = jnp.max(jnp.stack([jnp.max(jnp.abs(g)) for g in jax.tree_util.tree_leaves(grads)]))
         extra = metrics_fn(params, value, grads, state) if metrics_fn is not None else None
@@ -111,9 +168,63 @@ def run(optimizer: optax.GradientTransformation, loss_fn: Callable[..., Array], 
         if safeguard:
             accepted = value_fn(new) <= value
             new = optax.tree_utils.tree_where(accepted, new, params)
-        return (new, state), (value, gmax, extra, accepted)
+        return (new, state, aux), (value, gmax, extra, accepted)
 
-    traced, consts = _cache.trace(step, (params, state))
-    (params, state), (losses, gmax, extra, accepted) = _cache.scan(consts, (params, state), traced=traced,
-                                                             num_steps=num_steps)
-    return params, RunInfo(losses, gmax, extra, state, accepted)
+    keys = jax.random.split(key, num_steps) if stochastic else None
+    traced, consts = _cache.trace(step, (params, state, aux), None if keys is None else keys[0])
+    (params, state, aux), (losses, gmax, extra, accepted) = _cache.scan(consts, (params, state, aux), keys,
+                                                                        traced=traced, num_steps=num_steps)
+    return params, RunInfo(losses, gmax, extra, state, accepted, aux)
+
+
+def _run_to_tolerance(optimizer, loss_fn, params, num_steps, args, metrics_fn, opt_state, tol):
+    optimizer = optax.with_extra_args_support(optimizer)
+    state = optimizer_state(optimizer, params, opt_state)
+
+    def value_fn(p):
+        return loss_fn(p, *args)
+
+    from_state = optax.tree_utils.tree_get(state, "value") is not None  # e.g. lbfgs's line search
+    value_and_grad = optax.value_and_grad_from_state(value_fn) if from_state else None
+
+    def step(carry, _):
+        params, state = carry
+        if from_state:
+            value, grads = value_and_grad(params, state=state)
+        else:
+            value, grads = jax.value_and_grad(value_fn)(params)
+        gmax = jnp.max(jnp.stack([jnp.max(jnp.abs(g)) for g in jax.tree_util.tree_leaves(grads)]))
+        updates, new_state = optimizer.update(grads, state, params, value=value, grad=grads, value_fn=value_fn)
+        extra = metrics_fn(params, value, grads, new_state) if metrics_fn is not None else None
+        return (optax.apply_updates(params, updates), new_state), (value, gmax, extra)
+
+    traced, consts = _cache.trace(step, (params, state), None)
+    (params, state), (losses, gmax, extra), num_updates, converged = _while(
+        consts, (params, state), jnp.asarray(tol, jnp.result_type(float)), traced=traced, num_steps=num_steps)
+    return params, RunInfo(losses, gmax, extra, state, None, None, num_updates, converged)
+
+
+@functools.partial(jax.jit, static_argnames=("traced", "num_steps"))
+def _while(consts, carry, tol, *, traced, num_steps):
+    """Steps until the gradient max-norm at the current parameters is <= tol (that step's
+    update discarded) or ``num_steps`` updates; records padded with NaN."""
+    records = jax.eval_shape(lambda c: traced(consts, c, None)[1], carry)
+    buffers = jax.tree_util.tree_map(lambda r: jnp.full((num_steps,) + r.shape, jnp.nan, r.dtype)
+                                     if jnp.issubdtype(r.dtype, jnp.inexact) else jnp.zeros((num_steps,) + r.shape,
+                                                                                         r.dtype), records)
+
+    def cond(loop):
+        _, _, k, done = loop
+        return (k < num_steps) & ~done
+
+    def body(loop):
+        carry, buffers, k, _ = loop
+        new, record = traced(consts, carry, None)
+        done = record[1] <= tol
+        buffers = jax.tree_util.tree_map(lambda b, r: b.at[k].set(r), buffers, record)
+        carry = jax.tree_util.tree_map(lambda a, b: jnp.where(done, a, b), carry, new)
+        return carry, buffers, k + jnp.where(done, 0, 1), done
+
+    carry, buffers, k, done = jax.lax.while_loop(cond, body, (carry, buffers, jnp.zeros((), jnp.int32),
+                                                             jnp.zeros((), bool)))
+    return carry, buffers, k, done

@@ -630,7 +630,7 @@ def gem_fit(params: RBMParams, data: ArrayLike, num_outer: int, num_inner: int =
                                  safeguard=True)
         return (params, info.opt_state), (log_lik, info.accepted)
 
-    traced, consts = _cache.trace(outer, (params, opt_state))
+    traced, consts = _cache.trace(lambda carry, _: outer(carry), (params, opt_state), None)
     (params, opt_state), (history, accepted) = _cache.scan(consts, (params, opt_state), traced=traced,
                                                            num_steps=num_outer)
     history = jnp.concatenate([history, -nll(params, data)[None]])

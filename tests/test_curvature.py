@@ -213,6 +213,59 @@ def test_run_returns_run_info_resumes_safeguards_and_vmaps():
             optim.run(optax.adam(0.1), loss, p0, 2, 1.0, opt_state=bad)
 
 
+def test_run_with_a_stochastic_objective_is_the_hand_written_loop():
+    """key + aux: loss_fn(params, aux, key_t, *args) -> (loss, aux) with key_t the t-th of
+    jax.random.split(key, num_steps); a gradient estimate enters via estimated_gradient_loss.
+    Checked bit for bit against the plain optax loop, with a carried state (a running count)."""
+    target = jnp.array([1.0, -2.0, 0.5])
+
+    def noisy_grad(p, key):  # an unbiased estimate of the gradient of 0.5 |p - target|^2
+        return p - target + 0.1 * jax.random.normal(key, p.shape)
+
+    def loss(p, count, key, scale):
+        return optim.estimated_gradient_loss(p, scale * noisy_grad(p, key)), count + 1
+
+    p0, opt = jnp.zeros(3), optax.adam(0.1)
+    params, info = optim.run(opt, loss, p0, 25, 1.0, key=jax.random.key(0), aux=jnp.int32(0))
+    p, state = p0, opt.init(p0)
+    for k in jax.random.split(jax.random.key(0), 25):
+        updates, state = opt.update(noisy_grad(p, k), state, p)
+        p = optax.apply_updates(p, updates)
+    np.testing.assert_array_equal(params, p)
+    assert int(info.aux) == 25 and info.loss.shape == (25,)
+    # the gradient of estimated_gradient_loss is the estimate itself, held constant
+    g = jax.grad(optim.estimated_gradient_loss)(p0, target)
+    np.testing.assert_array_equal(g, target)
+    with pytest.raises(ValueError, match="^aux is the carried state of a stochastic objective"):
+        optim.run(opt, loss, p0, 2, 1.0, aux=jnp.int32(0))
+    with pytest.raises(ValueError, match="^safeguard compares losses"):
+        optim.run(opt, loss, p0, 2, 1.0, key=jax.random.key(0), aux=jnp.int32(0), safeguard=True)
+
+
+def test_run_to_a_tolerance_stops_where_the_gradient_is_small():
+    """tol: a while_loop that stops before the first step whose gradient max-norm is <= tol.
+    sgd(0.5) on 0.5 |p|^2 halves the gradient each step: from max-norm 1 it needs exactly
+    ceil(log2(1 / tol)) updates."""
+    loss = lambda p: 0.5 * jnp.sum(p**2)  # noqa: E731
+    p0 = jnp.array([1.0, -0.5])
+    params, info = optim.run(optax.sgd(0.5), loss, p0, 50, tol=1e-3)
+    assert int(info.num_updates) == 10 and bool(info.converged)
+    np.testing.assert_allclose(params, p0 * 0.5**10)
+    np.testing.assert_allclose(info.grad_max_abs[:11], 0.5 ** np.arange(11), rtol=1e-6)
+    assert np.all(np.isnan(np.asarray(info.loss[11:])))
+    # the iteration limit: not converged, every entry filled
+    _, short = optim.run(optax.sgd(0.5), loss, p0, 5, tol=1e-3)
+    assert int(short.num_updates) == 5 and not bool(short.converged) and not np.any(np.isnan(short.loss))
+    # L-BFGS keeps value and gradient in its state: they are reused (same iterates as optax's loop)
+    params, info = optim.run(optax.lbfgs(), lambda p: jnp.sum((p - 2.0) ** 4 + p**2), p0, 100, tol=1e-5)
+    assert bool(info.converged) and float(jnp.max(jnp.abs(jax.grad(lambda p: jnp.sum((p - 2.0) ** 4 + p**2))(
+        params)))) <= 1e-5
+    with pytest.raises(ValueError, match="^tol must be"):
+        optim.run(optax.sgd(0.5), loss, p0, 5, tol=-1.0)
+    with pytest.raises(ValueError, match="^tol stops a deterministic loss"):
+        optim.run(optax.sgd(0.5), loss, p0, 5, tol=1e-3, safeguard=True)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="safety must be > 0"):
         curvature.scale_by_hessian_bound(safety=0.0)

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from jaxebm import ising
-from jaxebm._validation import count, ladder, optimizer_state, spins
+from jaxebm import ising, optim
+from jaxebm._validation import count, ladder, spins
 from jaxebm.ising import IsingParams
 from jaxebm.mcmc.colour import is_graph_params
 from jaxebm.mcmc.gibbs import heat_bath
@@ -99,18 +99,18 @@ def pcd_fit_ising(key: PRNGKey, params: IsingParams, data, optimizer: optax.Grad
         if x0.shape != (num_chains, R, n):
             raise ValueError(f"chains must have shape (num_chains, len(betas), n) = ({num_chains}, {R}, {n}); "
                              f"got {x0.shape}.")
-    opt_state = optimizer_state(optimizer, params, opt_state)
 
     def algorithm(p):
         return replica_exchange(lambda b: heat_bath(p, b), betas)
 
     states = jax.vmap(algorithm(params).init)(x0)
 
-    def update(carry, key):
-        params, opt_state, states = carry
-        algo = algorithm(params)
+    def loss(params, states, key, mean_d, corr_d):
+        """The PCD gradient estimate as a stochastic objective of :func:`jaxebm.optim.run`."""
+        p = lax.stop_gradient(params)
+        algo = algorithm(p)
         # the chains' fields depend on params: re-initialise them from the positions
-        states = jax.vmap(lambda s: s._replace(states=jax.vmap(lambda b, x: heat_bath(params, b).init(x))(
+        states = jax.vmap(lambda s: s._replace(states=jax.vmap(lambda b, x: heat_bath(p, b).init(x))(
             betas, s.states.x)))(states)
 
         def advance(s, k):
@@ -119,20 +119,21 @@ def pcd_fit_ising(key: PRNGKey, params: IsingParams, data, optimizer: optax.Grad
         states, _ = lax.scan(advance, states, jax.random.split(key, steps_per_update))
         x = states.states.x[:, -1]  # the beta = 1 replicas
         if graph:  # d nll / d J_e = <x_i x_j>_model - <x_i x_j>_data for each edge e = (i, j)
-            mean_m, corr_m = _edge_moments(params.graph, x)
-            grads = params._replace(h=mean_m - mean_d, J=corr_m - corr_d)
-            residual = jnp.maximum(jnp.max(jnp.abs(grads.h)), jnp.max(jnp.abs(grads.J)))
+            mean_m, corr_m = _edge_moments(p.graph, x)
+            grads = p._replace(h=mean_m - mean_d, J=corr_m - corr_d)
         else:
             mean_m = jnp.mean(x, axis=0)
             corr_m = (x.T @ x) / num_chains
             grads = IsingParams(mean_m - mean_d, 0.5 * (corr_m - corr_d) * (1.0 - jnp.eye(n, dtype=x.dtype)))
-            residual = jnp.maximum(jnp.max(jnp.abs(grads.h)), 2.0 * jnp.max(jnp.abs(grads.J)))
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state, states), residual
+        return optim.estimated_gradient_loss(params, grads), states
 
-    (params, opt_state, states), residuals = lax.scan(update, (params, opt_state, states),
-                                                      jax.random.split(key_run, num_steps))
-    return params, PCDInfo(residuals, opt_state, states.states.x)
+    def residual(params, value, grads, opt_state):
+        scale_J = 1.0 if graph else 2.0  # IsingParams' J gradient is half the moment difference
+        return jnp.maximum(jnp.max(jnp.abs(grads.h)), scale_J * jnp.max(jnp.abs(grads.J), initial=0.0))
+
+    params, info = optim.run(optimizer, loss, params, num_steps, mean_d, corr_d, metrics_fn=residual,
+                             opt_state=opt_state, key=key_run, aux=states)
+    return params, PCDInfo(info.metrics, info.opt_state, info.aux.states.x)
 
 
 def _edge_moments(graph, x):
