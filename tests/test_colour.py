@@ -131,6 +131,7 @@ def test_layouts(rng):
 @pytest.mark.parametrize("rule, path", [("heat_bath", "lattice"), ("heat_bath", "gather"),
                                         pytest.param("metropolis", "lattice", marks=pytest.mark.slow),
                                         pytest.param("metropolis", "gather", marks=pytest.mark.slow)])
+@pytest.mark.slow  # a few seconds: full suites run it (pytest -m slow)
 def test_vmapped_chains_are_the_unbatched_chains(rng, rule, path):
     # Couplings and fields on a dyadic grid make every field sum exact, so the batched layout
     # (custom vmap rule, chains folded into one axis) must reproduce each chain bit for bit.

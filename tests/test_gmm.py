@@ -30,6 +30,7 @@ def _precisions(params):
 @pytest.mark.parametrize("dataset,K", [("iris", 3), pytest.param("wine", 3, marks=pytest.mark.slow),
                                        pytest.param("breast_cancer", 2, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("covariance_type", gmm.COVARIANCE_TYPES)
+@pytest.mark.slow  # a few seconds: full suites run it (pytest -m slow)
 def test_scikit_learn_parity_x64(x64, dataset, K, covariance_type):
     X = _standardised(dataset)
     start = gmm.initialize(jax.random.key(0), jnp.asarray(X), K, covariance_type, "kmeans++")
@@ -124,6 +125,7 @@ def test_n_init_keeps_best_restart():
 
 
 @pytest.mark.parametrize("init", ["kmeans++", "random", "random_from_data"])
+@pytest.mark.slow  # a few seconds: full suites run it (pytest -m slow)
 def test_init_methods_give_valid_parameters(init):
     X = jnp.asarray(_standardised("iris"), jnp.float32)
     n, K = X.shape[0], 3

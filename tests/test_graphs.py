@@ -180,6 +180,7 @@ def test_exact_against_brute_force_float32(name, mode, rng):
 
 @pytest.mark.parametrize("name,modes", [("torus 4x4", ("linear",)), ("cylinder cols 3x5", ("linear", "log")),
                                         ("random n=16", ("linear",))])
+@pytest.mark.slow  # a few seconds: full suites run it (pytest -m slow)
 def test_exact_against_brute_force_float64(name, modes, rng, x64):
     g = SMALL_GRAPHS[name]()
     h, J = _model(g, rng, scale=1.5)
@@ -253,7 +254,7 @@ def test_moments_sweep_matches_reverse_mode(make, rng):
     np.testing.assert_allclose(bcorr[1], nJ, atol=2e-6)
 
 
-@pytest.mark.parametrize("mode", ["linear", "log"])
+@pytest.mark.parametrize("mode", ["linear", pytest.param("log", marks=pytest.mark.slow)])
 def test_second_derivatives_of_log_partition_are_the_covariance(mode, rng):
     """The Hessian of log Z is the covariance of the sufficient statistics (x_k, x_i x_j):
     forward-over-reverse through the custom JVP (the sweep differentiated again) against the
@@ -291,6 +292,7 @@ def test_float32_agrees_with_float64_on_larger_lattices(rng):
 
 
 @pytest.mark.parametrize("K", [0.2, 0.4406868, 0.7])
+@pytest.mark.slow  # a few seconds: full suites run it (pytest -m slow)
 def test_torus_against_kaufman(K, x64):
     g = graphs.square_lattice(10, 10, periodic=True)
     want = ref.kaufman_log_z(10, 10, K)
@@ -373,6 +375,7 @@ def _chi_square_threshold(dof, false_alarm=1e-6):
     (graphs.square_lattice(3, 4, periodic=False), "log"),
     (graphs.erdos_renyi(11, 10, 0.35), "auto"),  # generic plan
 ])
+@pytest.mark.slow  # a few seconds: full suites run it (pytest -m slow)
 def test_sample_exact_histogram(g, mode, rng):
     h, J = _model(g, rng, scale=0.8, field=0.4)
     _, _, _, p = ref.graph_exact(h, J, g.edges)
@@ -466,6 +469,7 @@ def _graph_params(g, rng, scale=0.8, field=0.4, dtype=np.float32):
 
 @pytest.mark.parametrize("g,eliminate", [(graphs.from_dense(np.ones((10, 10)) - np.eye(10)), False),  # K_10: enumerate
                                          (graphs.square_lattice(5, 6, periodic=False), True)])  # n = 30: eliminate
+@pytest.mark.slow  # a few seconds: full suites run it (pytest -m slow)
 def test_ising_functions_accept_graph_params(g, eliminate, rng):
     from jaxebm import _graph_ising, ising
 

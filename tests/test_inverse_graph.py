@@ -42,6 +42,7 @@ def _random_spins(rng, m, n):
 
 @pytest.mark.parametrize("name", list(GRAPHS))
 @pytest.mark.parametrize("l2", [0.0, 0.3])
+@pytest.mark.slow  # a few seconds: full suites run it (pytest -m slow)
 def test_graph_objectives_equal_dense_objectives_with_J_zero_off_the_graph(name, l2, rng, x64):
     graph = GRAPHS[name]
     h, J = _random_point(rng, graph)
@@ -92,6 +93,7 @@ def _fields_numpy(x, J, graph):
 
 
 @pytest.mark.parametrize("name", list(GRAPHS))
+@pytest.mark.slow  # a few seconds: full suites run it (pytest -m slow)
 def test_graph_pl_gradient_matches_hand_derivation_and_dense_autodiff(name, rng, x64):
     r"""d/dh_k = mean(tanh f_k - x_k); d/dJ_e = mean((tanh f_i - x_i) x_j + (tanh f_j - x_j) x_i) + 2 l2 J_e."""
     graph = GRAPHS[name]

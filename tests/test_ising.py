@@ -104,6 +104,7 @@ def test_sample_exact_histogram_matches_probabilities(rng):
     np.testing.assert_array_less(np.abs(counts / num - p), 5 * np.sqrt(p * (1 - p) / num))
 
 
+@pytest.mark.slow  # a few seconds: full suites run it (pytest -m slow)
 def test_sample_exact_moments_two_stage_n20(rng):
     n, num = 20, 100_000
     params, _, _ = _params(rng, n, scale=0.25)

@@ -88,6 +88,7 @@ def test_rbm_gibbs_matches_exact_moments(rng):
     _assert_moments(trace, np.asarray(mx, np.float64), (X.T * p) @ X)
 
 
+@pytest.mark.slow  # a few seconds: full suites run it (pytest -m slow)
 def test_replica_exchange_samples_every_temperature_exactly(rng):
     n = 8
     params, h, J = _ising(rng, n, scale=0.9)
@@ -249,6 +250,7 @@ def test_run_chains_matches_a_vmap_of_run_chain(rng):
 
 @pytest.mark.parametrize("rule, block_size", [("metropolis", None), ("heat_bath", 3),
                                               pytest.param("metropolis", 5, marks=pytest.mark.slow)])
+@pytest.mark.slow  # a few seconds: full suites run it (pytest -m slow)
 def test_vmapped_chains_are_the_unbatched_chains(rng, rule, block_size):
     # Couplings on a dyadic grid make every field sum exact, so the batched rows layout (custom
     # vmap rule) must reproduce each single chain bit for bit.
@@ -345,6 +347,7 @@ def test_sampler_starts_must_be_spins(rng, bad):
         ladder.init(np.stack([x, value]) if bad != "shape" else np.stack([x[:4], value]))
 
 
+@pytest.mark.slow  # a few seconds: full suites run it (pytest -m slow)
 def test_numpy_params_work_under_vmap(rng):
     params = _numpy_ising(rng, 6)  # NumPy arrays: converted when the sampler is built
     x0 = _random_spins(1, (3, 6))
@@ -595,6 +598,7 @@ def test_rbm_gibbs_init_draws_z_from_the_exact_conditional(rng, beta):
 
 
 @pytest.mark.parametrize("beta", [1.0, 0.6, 0.0])
+@pytest.mark.slow  # a few seconds: full suites run it (pytest -m slow)
 def test_rbm_gibbs_log_weight_is_minus_the_energy(rng, beta):
     params = _rbm_params(rng, nv=7, nh=5)
     algo = mcmc.rbm_gibbs(params, beta)
@@ -612,6 +616,7 @@ def test_rbm_gibbs_log_weight_is_minus_the_energy(rng, beta):
         np.testing.assert_array_equal(new.z, z)
 
 
+@pytest.mark.slow  # a few seconds: full suites run it (pytest -m slow)
 def test_replica_exchange_and_tune_ladder_over_rbm_gibbs(rng):
     """A sampler whose init draws composes with replica exchange and tune_ladder, which pass keys."""
     params = _rbm_params(rng, nv=5, nh=3)
@@ -631,6 +636,7 @@ def _rbm_gibbs_at(params, beta):
     return mcmc.rbm_gibbs(params, beta)
 
 
+@pytest.mark.slow  # a few seconds: full suites run it (pytest -m slow)
 def test_run_chains_records_the_positions_by_default(rng):
     params, _, _ = _ising(rng, 8)
     algo = mcmc.heat_bath(params)
