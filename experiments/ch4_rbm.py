@@ -127,7 +127,7 @@ def run(out_dir: Path, *, smoke: bool = False, seed: int = 0) -> dict:
             fn = jax.jit(lambda k, p, method=method: train_method(method, k, p, train, test, num_evals, every,
                                                                   batch, lr))
             start = time.perf_counter()
-            params, (tr, te) = jax.block_until_ready(fn(jax.random.fold_in(key, hash(method) % 1000), init))
+            params, (tr, te) = jax.block_until_ready(fn(jax.random.fold_in(key, METHODS.index(method)), init))
             seconds = time.perf_counter() - start
             curves[(nh, method)] = (np.asarray(tr), np.asarray(te))
             results[f"nh={nh} {method}"] = {"train_ll": float(tr[-1]), "test_ll": float(te[-1]),
