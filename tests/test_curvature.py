@@ -356,6 +356,10 @@ def test_eager_calls_compile_once():
             "dense": lambda: curvature.max_eigenvalue(loss, p, method="dense"),
             "optim.run": lambda: optim.run(optax.sgd(0.1), loss, p, 5),
             "hessian_bounded_sgd": lambda: optim.run(curvature.hessian_bounded_sgd(), _quadratic, p, 3, scales),
+            "optim.run tol": lambda: optim.run(optax.lbfgs(), loss, p, 20, tol=1e-4),
+            "optim.run key": lambda: optim.run(
+                optax.sgd(0.1), lambda q, a, k: (optim.estimated_gradient_loss(q, q * scales + jax.random.normal(
+                    k, q.shape)), a + 1), p, 5, key=jax.random.key(seed), aux=jnp.int32(0)),
         }
 
     with warnings.catch_warnings():
