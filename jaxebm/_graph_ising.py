@@ -25,7 +25,7 @@ from jaxebm import elimination, enumeration
 from jaxebm._enum import split
 from jaxebm._enum.codes import float_dtype
 from jaxebm._numerics import HIGHEST
-from jaxebm._validation import array, check_finite, check_ndim, check_spins, choice, count, finite_scalar
+from jaxebm._validation import array, check_finite, choice, count, finite_scalar, spins
 from jaxebm.graphs import Graph
 from jaxebm.types import Array, ArrayLike, PRNGKey
 
@@ -126,16 +126,6 @@ def edwards_anderson(key: PRNGKey, graph: Graph, *, beta: float = 1.0, couplings
 # ----------------------------------------------------------------------------- log weights
 
 
-def _spins(name: str, x, n: int):
-    x = array(name, x, allow_empty=True)
-    check_ndim(name, x, (1, 2), "spins of shape (n,) or (batch, n)")
-    if x.shape[-1] != n:
-        raise ValueError(f"{name} must have {n} spins in its last axis; got shape {x.shape}.")
-    if x.size == 0:
-        raise ValueError(f"{name} must not be empty; got shape {x.shape}.")
-    check_finite(name, x)
-    check_spins(name, x)
-    return x
 
 
 def _log_weight(h, J, graph: Graph, x):
@@ -147,7 +137,7 @@ def _log_weight(h, J, graph: Graph, x):
 def log_weight(params: GraphIsingParams, x: ArrayLike) -> Array:
     r"""Unnormalised log probability :math:`\sum_e J_e x_i x_j + h^\top x` of ``x`` ((n,) or (batch, n))."""
     params = validate(params)
-    x = _spins("x", x, params.graph.n)
+    x = spins("x", x, n=params.graph.n)
     return _log_weight(params.h, params.J, params.graph, x)
 
 
@@ -270,7 +260,7 @@ def log_prob(params: GraphIsingParams, x: ArrayLike, *, max_seconds: float | Non
              chunk_size: int | None = None, devices=None, inner_bits: int | None = None,
              mode: str | None = None) -> Array:
     params = validate(params)
-    x = _spins("x", x, params.graph.n)
+    x = spins("x", x, n=params.graph.n)
     return _log_weight(params.h, params.J, params.graph, x) - log_partition(
         params, max_seconds=max_seconds, engine=engine, chunk_size=chunk_size, devices=devices,
         inner_bits=inner_bits, mode=mode)

@@ -45,6 +45,7 @@ from jaxebm._validation import (
     finite_scalar,
     is_concrete,
     power_of_two,
+    spins,
 )
 from jaxebm.types import Array, ArrayLike, PRNGKey
 
@@ -133,17 +134,6 @@ def validate_data(data: ArrayLike, n: int | None = None, name: str = "data") -> 
     return data
 
 
-def _spins_arg(name: str, x, n: int) -> Array:
-    """``x`` as spins of shape (n,) or (batch, n)."""
-    x = array(name, x, allow_empty=True)
-    check_ndim(name, x, (1, 2), "spins of shape (n,) or (batch, n)")
-    if x.shape[-1] != n:
-        raise ValueError(f"{name} must have {n} spins in its last axis; got shape {x.shape}.")
-    if x.size == 0:
-        raise ValueError(f"{name} must not be empty; got shape {x.shape}.")
-    check_finite(name, x)
-    check_spins(name, x)
-    return x
 
 
 def log_weight(params: IsingParams, x: ArrayLike) -> Array:
@@ -161,7 +151,7 @@ def log_weight(params: IsingParams, x: ArrayLike) -> Array:
     if isinstance(params, GraphIsingParams):
         return _graph_ising.log_weight(params, x)
     params = validate_params(params)
-    x = _spins_arg("x", x, params.h.shape[0])
+    x = spins("x", x, n=params.h.shape[0])
     return _log_weight(params.h, params.J, x)
 
 
@@ -301,7 +291,7 @@ def log_prob(params: IsingParams, x: ArrayLike, *, max_seconds: float | None = N
     if isinstance(params, GraphIsingParams):
         return _graph_ising.log_prob(params, x, **options)
     h, J, config = _dense(params, **options)
-    x = _spins_arg("x", x, h.shape[0])
+    x = spins("x", x, n=h.shape[0])
     return _log_prob(h, J, x, config)
 
 
@@ -501,7 +491,7 @@ def sufficient_statistics(x: ArrayLike) -> Array:
     ``(n,)`` or ``(batch, n)``."""
     x = array("x", x, allow_empty=True)
     check_ndim("x", x, (1, 2), "spins of shape (n,) or (batch, n)")
-    return _phi(_spins_arg("x", x, x.shape[-1]))
+    return _phi(spins("x", x))
 
 
 def _phi(x):
