@@ -25,7 +25,7 @@ from jaxebm import elimination, enumeration
 from jaxebm._enum import split
 from jaxebm._enum.codes import float_dtype
 from jaxebm._numerics import HIGHEST
-from jaxebm._validation import array, check_finite, choice, count, finite_scalar, spins
+from jaxebm._validation import array, check_finite, choice, count, finite_scalar, graph_fields, spins
 from jaxebm.graphs import Graph
 from jaxebm.types import Array, ArrayLike, PRNGKey
 
@@ -62,17 +62,7 @@ def validate(params: GraphIsingParams, name: str = "params") -> GraphIsingParams
     graph = params.graph
     if not isinstance(graph, Graph):
         raise ValueError(f"{name}.graph must be a jaxebm.graphs.Graph; got {type(graph).__name__}.")
-    h = array(f"{name}.h", params.h, allow_empty=True)
-    J = array(f"{name}.J", params.J, allow_empty=True)
-    if h.shape != (graph.n,):
-        raise ValueError(f"{name}.h must have shape ({graph.n},) (one field per node of the graph); got {h.shape}.")
-    if J.shape != (graph.num_edges,):
-        raise ValueError(f"{name}.J must have shape ({graph.num_edges},) (one coupling per edge, in the order of "
-                         f"graph.edges); got {J.shape}.")
-    dtype = jnp.result_type(h.dtype, J.dtype)
-    h, J = h.astype(dtype), J.astype(dtype)
-    check_finite(f"{name}.h", h)
-    check_finite(f"{name}.J", J)
+    h, J = graph_fields(f"{name}.", params.h, params.J, graph)
     return GraphIsingParams(h, J, graph)
 
 

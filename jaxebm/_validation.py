@@ -38,6 +38,7 @@ __all__ = [
     "device_tuple",
     "distribution",
     "finite_scalar",
+    "graph_fields",
     "is_concrete",
     "ladder",
     "optimizer_state",
@@ -320,3 +321,21 @@ def optimizer_state(optimizer: optax.GradientTransformation, params: PyTree, opt
         raise ValueError(f"opt_state must be a state of this optimizer for these params (the structure and shapes "
                          f"of optimizer.init(params): {want_tree}); got {got_tree}.")
     return opt_state
+
+
+def graph_fields(prefix: str, h, J, graph):
+    """Validated fields ``h`` (one per node) and couplings ``J`` (one per edge, in the order of
+    ``graph.edges``) of a model on ``graph``, cast to a common float dtype. ``prefix`` names
+    them in errors (``"params."`` gives ``params.h``)."""
+    h = array(f"{prefix}h", h, allow_empty=True)
+    J = array(f"{prefix}J", J, allow_empty=True)
+    if h.shape != (graph.n,):
+        raise ValueError(f"{prefix}h must have shape ({graph.n},) (one field per node of the graph); got {h.shape}.")
+    if J.shape != (graph.num_edges,):
+        raise ValueError(f"{prefix}J must have shape ({graph.num_edges},) (one coupling per edge, in the order of "
+                         f"graph.edges); got {J.shape}.")
+    dtype = jnp.result_type(h.dtype, J.dtype)
+    h, J = h.astype(dtype), J.astype(dtype)
+    check_finite(f"{prefix}h", h)
+    check_finite(f"{prefix}J", J)
+    return h, J

@@ -66,7 +66,7 @@ import numpy as np
 from jax import lax
 
 from jaxebm import enumeration
-from jaxebm._validation import array, check_finite, choice, count, is_concrete
+from jaxebm._validation import choice, count, graph_fields, is_concrete
 from jaxebm.graphs import Graph
 from jaxebm.types import Array, ArrayLike, PRNGKey
 
@@ -758,21 +758,10 @@ def _log_z_value(h, J, plan: _Plan, mode: str):
 # --------------------------------------------------------------------------------------
 
 
-def _check_inputs(h, J, graph: Graph, name: str = ""):
+def _check_inputs(h, J, graph: Graph):
     if not isinstance(graph, Graph):
         raise ValueError(f"graph must be a jaxebm.graphs.Graph; got {type(graph).__name__}.")
-    h = array(f"{name}h", h)
-    J = array(f"{name}J", J, allow_empty=True)
-    if h.shape != (graph.n,):
-        raise ValueError(f"{name}h must have shape ({graph.n},) (one field per node); got {h.shape}.")
-    if J.shape != (graph.num_edges,):
-        raise ValueError(f"{name}J must have shape ({graph.num_edges},) (one coupling per edge of the graph, in "
-                         f"the order of graph.edges); got {J.shape}.")
-    dtype = jnp.result_type(h.dtype, J.dtype)
-    h, J = h.astype(dtype), J.astype(dtype)
-    check_finite(f"{name}h", h)
-    check_finite(f"{name}J", J)
-    return h, J
+    return graph_fields("", h, J, graph)
 
 
 @functools.lru_cache(maxsize=128)
