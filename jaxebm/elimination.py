@@ -59,6 +59,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -442,20 +443,37 @@ def _merge(ax: int, t, R, e_m, e_p):
     return jnp.concatenate(outs, axis=ax)
 
 
-def _step_linear(carry, step: _Step, plan: _Plan, h_v, c_old, c_other):
-    t, S, w, g, gc, flag = carry
-    dtype = t.dtype
+class _Terms(NamedTuple):
+    """What a linear step and its transpose share: the table view (``shape``, slot ``axis``,
+    the replaced slot's axis ``ax``; ``small``: the axes its neighbours do not index), the
+    spin values ``su`` on ``ax``, the exponents ``e_m``/``e_p`` of the new spin's two values,
+    the per-block factors ``R`` and the merged block log scales ``S_out``."""
+
+    shape: tuple[int, ...]
+    axis: dict
+    ax: int
+    small: tuple[int, ...]
+    su: Array
+    e_m: Array
+    e_p: Array
+    bound: Array
+    R: Array
+    S_out: Array
+
+
+def _linear_terms(S, w, step: _Step, plan: _Plan, h_v, c_old, c_other, dtype) -> _Terms:
     num_slots = plan.num_slots
-    k = _block_bits(plan)
-    major = num_slots - k
+    major = num_slots - _block_bits(plan)
     slots = (step.slot,) + step.others
     shape, axis = _view(num_slots, slots, cut=major)
     bshape, baxis = _view(major, [s for s in slots if s < major])
     # Block arrays broadcast against the table view: major axes, then ones for the minor part.
     nminor = len(shape) - len(bshape)
-    tv = t.reshape(shape)
     ax = axis[step.slot]
     field = _field(shape, axis, step, h_v, c_other, dtype) + jnp.zeros((1,) * len(shape), dtype)
+    small = tuple(i for i in range(len(shape)) if field.shape[i] == 1 and i != ax)
+    # The bound is a constant (in the transpose too): the sweep is then itself differentiable
+    # (the scales cancel between the tables and the adjoints), so log Z has exact second derivatives.
     bound = lax.stop_gradient(jnp.abs(c_old) + jnp.abs(h_v) + jnp.sum(jnp.abs(c_other)))
     su = jnp.asarray([-1.0, 1.0], dtype).reshape([2 if i == ax else 1 for i in range(len(shape))])
     e_m = -c_old * su - field - bound  # v = -1: exponent c_old s_u s_v + s_v field - bound
@@ -463,22 +481,30 @@ def _step_linear(carry, step: _Step, plan: _Plan, h_v, c_old, c_other):
     Sv = S.reshape(bshape)
     wv = w.reshape(bshape)
     if step.slot < major:  # the summed-out spin indexes blocks: merge block pairs on a common scale
-        bax = baxis[step.slot]
-        s_new = jnp.max(Sv, axis=bax, keepdims=True)
+        s_new = jnp.max(Sv, axis=baxis[step.slot], keepdims=True)
         R = (jnp.exp(Sv - s_new) * wv).reshape(bshape + (1,) * nminor)
         S_out = jnp.broadcast_to(s_new, Sv.shape).reshape(-1)
     else:
         R = wv.reshape(bshape + (1,) * nminor)
         S_out = S
-    out = _merge(ax, tv, lax.stop_gradient(R), e_m, e_p).reshape(-1)
+    return _Terms(shape, axis, ax, small, su, e_m, e_p, bound, R, S_out)
+
+
+def _step_linear(carry, step: _Step, plan: _Plan, h_v, c_old, c_other):
+    t, S, w, g, gc, flag = carry
+    dtype = t.dtype
+    k = _block_bits(plan)
+    major = plan.num_slots - k
+    terms = _linear_terms(S, w, step, plan, h_v, c_old, c_other, dtype)
+    out = _merge(terms.ax, t.reshape(terms.shape), lax.stop_gradient(terms.R), terms.e_m, terms.e_p).reshape(-1)
     blocks = out.reshape(2**major, 2**k)
     bmax = lax.stop_gradient(jnp.max(blocks, axis=1))
     bmin = lax.stop_gradient(jnp.min(blocks, axis=1))
     flag = flag | jnp.any(bmin < 2.0 ** (-_underflow_bits(dtype))) | ~jnp.all(jnp.isfinite(bmax))
     # Keep S small: move the largest block scale and the bound into the global scale.
-    S_out = lax.stop_gradient(S_out + jnp.log(bmax))
+    S_out = lax.stop_gradient(terms.S_out + jnp.log(bmax))
     top = jnp.max(S_out)
-    g, gc = _kahan(g, gc, bound + top)
+    g, gc = _kahan(g, gc, terms.bound + top)
     return (out, S_out - top, 1.0 / bmax, g, gc, flag)
 
 
@@ -488,29 +514,7 @@ def _step_linear_bwd(carry, step: _Step, plan: _Plan, h_v, c_old, c_other, g_out
     the carry before it, returns (adjoint of the table before, d h_v, d c_old, d c_other)."""
     t, S, w = carry[:3]
     dtype = t.dtype
-    num_slots = plan.num_slots
-    k = _block_bits(plan)
-    major = num_slots - k
-    slots = (step.slot,) + step.others
-    shape, axis = _view(num_slots, slots, cut=major)
-    bshape, baxis = _view(major, [s for s in slots if s < major])
-    nminor = len(shape) - len(bshape)
-    ax = axis[step.slot]
-    field = _field(shape, axis, step, h_v, c_other, dtype) + jnp.zeros((1,) * len(shape), dtype)
-    # a constant, as in the forward step: the sweep is then itself differentiable (the scales
-    # cancel between the tables and the adjoints), so log Z has exact second derivatives
-    bound = lax.stop_gradient(jnp.abs(c_old) + jnp.abs(h_v) + jnp.sum(jnp.abs(c_other)))
-    su = jnp.asarray([-1.0, 1.0], dtype).reshape([2 if i == ax else 1 for i in range(len(shape))])
-    e_m = -c_old * su - field - bound
-    e_p = c_old * su + field - bound
-    small = tuple(i for i in range(len(shape)) if field.shape[i] == 1 and i != ax)
-    Sv = S.reshape(bshape)
-    wv = w.reshape(bshape)
-    if step.slot < major:
-        s_new = jnp.max(Sv, axis=baxis[step.slot], keepdims=True)
-        R = (jnp.exp(Sv - s_new) * wv).reshape(bshape + (1,) * nminor)
-    else:
-        R = wv.reshape(bshape + (1,) * nminor)
+    shape, axis, ax, small, su, e_m, e_p, _, R, _ = _linear_terms(S, w, step, plan, h_v, c_old, c_other, dtype)
     tR = t.reshape(shape) * R
     gv = g_out.reshape(shape)
     g_m = lax.index_in_dim(gv, 0, ax, keepdims=True)
