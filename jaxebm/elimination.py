@@ -628,19 +628,11 @@ def _forward(h, J, plan: _Plan, mode: str):
 def _log_z_mode(h, J, plan: _Plan, mode: str):
     """(log Z, guard flag) in one mode."""
     carry = _forward(h, J, plan, mode)
-    g, gc, flag = carry[-3:]
-    if mode == "log":
-        table = carry[0]
-        block = min(table.shape[0], 1024)
-        local = jax.nn.logsumexp(jax.nn.logsumexp(table.reshape(-1, block), axis=1))
-    else:
-        t, S, w = carry[:3]
-        sums = jnp.sum(t.reshape(S.shape[0], -1), axis=1) * w
-        local = jax.nn.logsumexp(S + jnp.log(sums))
-    return (g - gc) + local, flag
+    return _final_log_z(carry, mode), carry[-1]
 
 
 def _final_log_z(carry, mode: str):
+    """log Z from the final carry: the global log scale plus the log of the table's sum."""
     g, gc = carry[-3:-1]
     if mode == "log":
         table = carry[0]
