@@ -142,11 +142,11 @@ def run(optimizer: optax.GradientTransformation, loss_fn: Callable[..., Array], 
         if key is not None or safeguard:
             raise ValueError("tol stops a deterministic loss; it cannot be combined with key or safeguard.")
     num_steps = count("num_steps", num_steps)
-    if tol is not None:
-        return _run_to_tolerance(optimizer, loss_fn, params, num_steps, args, metrics_fn, opt_state, tol)
     optimizer = optax.with_extra_args_support(optimizer)
     state = optimizer_state(optimizer, params, opt_state)
     stochastic = key is not None
+    # to a tolerance, reuse the value and gradient an optimiser keeps (lbfgs's line search)
+    from_state = tol is not None and optax.tree_utils.tree_get(state, "value") is not None
 
     def step(carry, step_key):
         params, state, aux = carry
@@ -159,7 +159,10 @@ def run(optimizer: optax.GradientTransformation, loss_fn: Callable[..., Array], 
             def value_fn(p):
                 return loss_fn(p, *args)
 
-            value, grads = jax.value_and_grad(value_fn)(params)
+            if from_state:
+                value, grads = optax.value_and_grad_from_state(value_fn)(params, state=state)
+            else:
+                value, grads = jax.value_and_grad(value_fn)(params)
         updates, state = optimizer.update(grads, state, params, value=value, grad=grads, value_fn=value_fn)
         gmax = jnp.max(jnp.stack([jnp.max(jnp.abs(g)) for g in jax.tree_util.tree_leaves(grads)]))
         extra = metrics_fn(params, value, grads, state) if metrics_fn is not None else None
@@ -172,36 +175,14 @@ def run(optimizer: optax.GradientTransformation, loss_fn: Callable[..., Array], 
 
     keys = jax.random.split(key, num_steps) if stochastic else None
     traced, consts = _cache.trace(step, (params, state, aux), None if keys is None else keys[0])
+    if tol is not None:
+        (params, state, _), (losses, gmax, extra, _), num_updates, converged = _while(
+            consts, (params, state, aux), jnp.asarray(tol, jnp.result_type(float)), traced=traced,
+            num_steps=num_steps)
+        return params, RunInfo(losses, gmax, extra, state, None, None, num_updates, converged)
     (params, state, aux), (losses, gmax, extra, accepted) = _cache.scan(consts, (params, state, aux), keys,
                                                                         traced=traced, num_steps=num_steps)
     return params, RunInfo(losses, gmax, extra, state, accepted, aux)
-
-
-def _run_to_tolerance(optimizer, loss_fn, params, num_steps, args, metrics_fn, opt_state, tol):
-    optimizer = optax.with_extra_args_support(optimizer)
-    state = optimizer_state(optimizer, params, opt_state)
-
-    def value_fn(p):
-        return loss_fn(p, *args)
-
-    from_state = optax.tree_utils.tree_get(state, "value") is not None  # e.g. lbfgs's line search
-    value_and_grad = optax.value_and_grad_from_state(value_fn) if from_state else None
-
-    def step(carry, _):
-        params, state = carry
-        if from_state:
-            value, grads = value_and_grad(params, state=state)
-        else:
-            value, grads = jax.value_and_grad(value_fn)(params)
-        gmax = jnp.max(jnp.stack([jnp.max(jnp.abs(g)) for g in jax.tree_util.tree_leaves(grads)]))
-        updates, new_state = optimizer.update(grads, state, params, value=value, grad=grads, value_fn=value_fn)
-        extra = metrics_fn(params, value, grads, new_state) if metrics_fn is not None else None
-        return (optax.apply_updates(params, updates), new_state), (value, gmax, extra)
-
-    traced, consts = _cache.trace(step, (params, state), None)
-    (params, state), (losses, gmax, extra), num_updates, converged = _while(
-        consts, (params, state), jnp.asarray(tol, jnp.result_type(float)), traced=traced, num_steps=num_steps)
-    return params, RunInfo(losses, gmax, extra, state, None, None, num_updates, converged)
 
 
 @functools.partial(jax.jit, static_argnames=("traced", "num_steps"))
