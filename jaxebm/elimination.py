@@ -490,6 +490,15 @@ def _linear_terms(S, w, step: _Step, plan: _Plan, h_v, c_old, c_other, dtype) ->
     return _Terms(shape, axis, ax, small, su, e_m, e_p, bound, R, S_out)
 
 
+def _block_max_min(blocks):
+    """Per-block (max, min) of a ``(blocks, size)`` table in one pass: one variadic reduction
+    (on CPU, separate max and min reductions made XLA compute the step's table twice; log Z
+    ran 1.5x slower)."""
+    inf = jnp.asarray(jnp.inf, blocks.dtype)
+    return lax.reduce((blocks, blocks), (-inf, inf), lambda a, b: (jnp.maximum(a[0], b[0]), jnp.minimum(a[1], b[1])),
+                      (1,))
+
+
 def _step_linear(carry, step: _Step, plan: _Plan, h_v, c_old, c_other):
     t, S, w, g, gc, flag = carry
     dtype = t.dtype
@@ -497,9 +506,7 @@ def _step_linear(carry, step: _Step, plan: _Plan, h_v, c_old, c_other):
     major = plan.num_slots - k
     terms = _linear_terms(S, w, step, plan, h_v, c_old, c_other, dtype)
     out = _merge(terms.ax, t.reshape(terms.shape), lax.stop_gradient(terms.R), terms.e_m, terms.e_p).reshape(-1)
-    blocks = out.reshape(2**major, 2**k)
-    bmax = lax.stop_gradient(jnp.max(blocks, axis=1))
-    bmin = lax.stop_gradient(jnp.min(blocks, axis=1))
+    bmax, bmin = _block_max_min(lax.stop_gradient(out.reshape(2**major, 2**k)))
     flag = flag | jnp.any(bmin < 2.0 ** (-_underflow_bits(dtype))) | ~jnp.all(jnp.isfinite(bmax))
     # Keep S small: move the largest block scale and the bound into the global scale.
     S_out = lax.stop_gradient(terms.S_out + jnp.log(bmax))
