@@ -30,6 +30,7 @@ def rbm_gibbs_sweep(key, params, x, beta=1.0, precision=HIGHEST):
     .. math:: \log w(x', z) = x'^\top W z + b^\top x' + c^\top z = x'^\top f + c^\top z .
     """
     key_z, key_x = jax.random.split(key)
+    beta = jnp.asarray(beta, params.W.dtype)  # a float64 beta (x64) must not promote float32 chains
     z = spins_given_field(key_z, beta * (jnp.matmul(x, params.W, precision=precision) + params.c))
     f = jnp.matmul(z, params.W.T, precision=precision) + params.b
     x = spins_given_field(key_x, beta * f)

@@ -166,6 +166,22 @@ def test_ais_log_partition_rbm(rng):
     _assert_ais_within_its_stderr(res, float(exact), 512)
 
 
+def test_float32_rbm_chains_stay_float32_under_x64(rng, x64):
+    """With x64 on, a Python beta (and AIS's float64 schedule) must not promote float32 chains
+    (the scan carry's dtype changed and AIS raised a TypeError)."""
+    params = rbm.RBMParams(jnp.asarray(rng.normal(size=(8, 5)) * 0.5, jnp.float32), jnp.zeros(8, jnp.float32),
+                           jnp.zeros(5, jnp.float32))
+    algo = mcmc.rbm_gibbs(params, 0.7)
+    state = algo.init(jnp.ones(8, jnp.float32), jax.random.key(0))
+    state2, info = algo.step(jax.random.key(1), state)
+    assert {a.dtype for a in (*state, *state2, info.flip_rate)} == {jnp.dtype(jnp.float32)}
+    res = mcmc.ais_log_partition(jax.random.key(1), params, num_chains=256, num_temps=100)
+    W, b, c = (np.asarray(a, np.float64) for a in params)
+    Z = reference.all_states(5)
+    a = Z @ W.T + b
+    _assert_ais_within_its_stderr(res, float(reference.logsumexp(Z @ c + np.sum(np.logaddexp(a, -a), axis=1))), 256)
+
+
 def test_diagnostics_on_known_processes():
     rho, T, chains = 0.9, 20_000, 8
     key = jax.random.key(0)

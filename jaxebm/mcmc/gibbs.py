@@ -95,7 +95,7 @@ class RBMInfo(NamedTuple):
 def _rbm_init(key, params, position, beta, precision) -> RBMState:
     x = spin_position(position, params.W.shape[0], params.W.dtype)
     a = jnp.matmul(x, params.W, precision=precision) + params.c  # hidden field at beta = 1
-    z = spins_given_field(key, beta * a)
+    z = spins_given_field(key, jnp.asarray(beta, a.dtype) * a)
     # x^T W z + b.x + c.z = (W^T x + c).z + b.x: no second matmul
     return RBMState(x, z, jnp.sum(a * z, axis=-1) + jnp.sum(params.b * x, axis=-1))
 
