@@ -23,6 +23,7 @@ import numpy as np
 
 from jaxebm import elimination, enumeration
 from jaxebm._enum import split
+from jaxebm._enum.budget import time_limit
 from jaxebm._enum.codes import float_dtype
 from jaxebm._numerics import HIGHEST
 from jaxebm._validation import array, check_finite, choice, count, finite_scalar, graph_fields, spins
@@ -141,7 +142,7 @@ def use_elimination(graph: Graph, max_seconds: float | None = None, what: str = 
     elim = elimination.estimate_seconds(graph)
     dense = enumeration.estimate_seconds(graph.n) if graph.n <= 63 else math.inf
     if dense < elim:
-        limit = enumeration.DEFAULT_MAX_SECONDS if max_seconds is None else float(max_seconds)
+        limit = time_limit(max_seconds)
         if dense <= limit:
             return False
     elimination.check_budget(graph, max_seconds=max_seconds, what=what)

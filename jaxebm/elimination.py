@@ -66,7 +66,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxebm import enumeration
+from jaxebm._enum.budget import time_limit
 from jaxebm._validation import choice, count, graph_fields, is_concrete
 from jaxebm.graphs import Graph
 from jaxebm.types import Array, ArrayLike, PRNGKey
@@ -338,7 +338,7 @@ def check_budget(graph: Graph, *, max_seconds: float | None = None, mode: str = 
     time, if the exact elimination of ``graph`` is over budget (``max_seconds``, default
     :data:`jaxebm.enumeration.DEFAULT_MAX_SECONDS`) or its table cannot be held."""
     plan = _plan(graph)
-    limit = enumeration.DEFAULT_MAX_SECONDS if max_seconds is None else float(max_seconds)
+    limit = time_limit(max_seconds)  # a positive number or math.inf (ValueError on NaN, <= 0, ...)
     seconds = estimate_seconds(graph, mode="log" if mode == "log" else "linear")
     w = plan.num_slots
     if w > MAX_SLOTS or seconds > limit:
@@ -852,7 +852,7 @@ def moments(h: ArrayLike, J: ArrayLike, graph: Graph, *, max_seconds: float | No
     """
     choice("mode", mode, MODES)
     h, J = _check_inputs(h, J, graph)
-    check_budget(graph, max_seconds=None if max_seconds is None else max_seconds / 3, mode=mode)
+    check_budget(graph, max_seconds=None if max_seconds is None else time_limit(max_seconds) / 3, mode=mode)
     plan = _plan(graph)
     _check_memory(plan, h.dtype, "exact moments (reverse-mode differentiation)")
 

@@ -2,13 +2,14 @@
 float64 brute force and closed forms of tests/reference.py."""
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxebm import elimination, graphs
+from jaxebm import elimination, graphs, ising
 from tests import reference as ref
 
 # ----------------------------------------------------------------------------- graphs
@@ -427,6 +428,22 @@ def test_refuses_bad_parameters():
         elimination.log_partition(np.zeros(9), np.zeros(12), g, mode="fast")
     with pytest.raises(ValueError, match="num_samples"):
         elimination.sample_exact(jax.random.key(0), np.zeros(9), np.zeros(12), g, 0)
+
+
+@pytest.mark.parametrize("bad, match", [(float("nan"), "finite"), (-1.0, "> 0"), (0, "> 0"), ("60", "real number"),
+                                        (True, "number of seconds")])
+def test_refuses_a_bad_time_budget(bad, match):
+    """max_seconds is checked as in dense enumeration (a NaN budget compared False and ran anything)."""
+    g = graphs.square_lattice(3, 3, periodic=False)
+    params = ising.GraphIsingParams(np.zeros(9), np.zeros(12), g)
+    for run in (lambda: elimination.log_partition(params.h, params.J, g, max_seconds=bad),
+                lambda: elimination.moments(params.h, params.J, g, max_seconds=bad),
+                lambda: elimination.sample_exact(jax.random.key(0), params.h, params.J, g, 2, max_seconds=bad),
+                lambda: ising.log_partition(params, max_seconds=bad),
+                lambda: ising.moments(params, max_seconds=bad),
+                lambda: ising.log_partition(ising.to_dense(params), max_seconds=bad)):
+        with pytest.raises(ValueError, match=rf"max_seconds must .*{re.escape(match)}"):
+            run()
 
 
 def test_refuses_over_budget():

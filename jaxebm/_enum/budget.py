@@ -77,6 +77,9 @@ def time_limit(max_seconds) -> float:
     """The time budget: None -> the default; ``math.inf`` means no limit."""
     if max_seconds is None:
         return DEFAULT_MAX_SECONDS
+    if isinstance(max_seconds, (bool, np.bool_)):
+        raise ValueError(f"max_seconds must be a number of seconds (or math.inf, or None for the default); got "
+                         f"{max_seconds!r}.")
     if isinstance(max_seconds, (int, float, np.integer, np.floating)) and max_seconds == math.inf:
         return math.inf
     return positive_scalar("max_seconds", max_seconds)
