@@ -292,8 +292,12 @@ def test_pcd_fit_on_a_graph_moves_to_the_data_moments(rng):
     target, h, J = _model(rng, graph, scale=0.4, field=0.3)
     data = np.asarray(reference.all_states(graph.n))[
         np.random.default_rng(0).choice(2**graph.n, size=2000, p=reference.ising_probs(h, J))]
-    mean_d = data.mean(0)
-    edge_d = (data[:, graph.edges[:, 0]] * data[:, graph.edges[:, 1]]).mean(0)
+    stats = np.concatenate([data, data[:, graph.edges[:, 0]] * data[:, graph.edges[:, 1]]], axis=1)
+    # Exact ML matches the data's moments exactly; the data pin them down only to their standard
+    # errors sd_k / sqrt(M) (M = 2000: 0.014-0.022 here). PCD has learned the data when its
+    # Monte Carlo error is below that resolution: every fitted moment within 3 standard errors
+    # (measured: at most 1.3 on three other models and keys), where the zero start is tens away.
+    target_moments, se = stats.mean(0), stats.std(0) / np.sqrt(len(data))
     start = ising.GraphIsingParams(jnp.zeros(graph.n), jnp.zeros(graph.num_edges), graph)
     # a decaying step averages out the chains' Monte Carlo noise (128 chains: SE ~0.09 per step)
     lr = optax.exponential_decay(0.05, transition_steps=300, decay_rate=0.05)
@@ -301,10 +305,11 @@ def test_pcd_fit_on_a_graph_moves_to_the_data_moments(rng):
                                       optax.adam(lr), 300, betas=jnp.asarray([0.5, 1.0]), num_chains=128)
     assert isinstance(fitted, ising.GraphIsingParams) and fitted.graph == graph
 
-    def gap(p):
+    def gap_in_standard_errors(p):
         m, c = reference.ising_moments(*_dense(graph, np.asarray(p.h), np.asarray(p.J)))
-        return max(np.abs(m - mean_d).max(), np.abs(c[graph.edges[:, 0], graph.edges[:, 1]] - edge_d).max())
+        moments = np.concatenate([m, c[graph.edges[:, 0], graph.edges[:, 1]]])
+        return np.max(np.abs(moments - target_moments) / se)
 
-    # from ~0.8 at the start to a few hundredths (0.02-0.07 over seeds; 0.1 leaves room for the noise)
-    assert gap(fitted) < min(0.1, gap(start) / 5), (gap(fitted), gap(start))
+    assert gap_in_standard_errors(start) > 15
+    assert gap_in_standard_errors(fitted) < 3, gap_in_standard_errors(fitted)
     assert float(np.mean(info.residual[-20:])) < float(np.mean(info.residual[:5]))
