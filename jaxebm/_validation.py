@@ -180,6 +180,8 @@ def finite_scalar(name: str, value, *, minimum: float | None = None, maximum: fl
     ``strict``) when concrete. Returns a Python float when concrete, else the tracer."""
     if isinstance(value, (str, bytes)):  # float("1e3") would succeed: text is not a number
         raise ValueError(f"{name} must be a real number; got {value!r}.")
+    if isinstance(value, (bool, np.bool_)) or getattr(value, "dtype", None) == np.bool_:  # True is not 1.0
+        raise ValueError(f"{name} must be a real number, not a bool; got {value!r}.")
     if np.ndim(value) != 0:
         raise ValueError(f"{name} must be a scalar; got an array of shape {np.shape(value)}.")
     if not is_concrete(value):

@@ -201,16 +201,19 @@ MUTATIONS: dict[str, list[Mutation]] = {
         Mutation("negative", lambda v, d: -d.draw(st.floats(0.01, 10.0))),
         Mutation("nan", lambda v, d: math.nan),
         Mutation("inf", lambda v, d: math.inf),
+        Mutation("bool", lambda v, d: True),  # True is not 1.0: a bool for a real number is a mistake
     ],
     "scalar_positive": [
         Mutation("negative", lambda v, d: -d.draw(st.floats(0.01, 10.0))),
         Mutation("nan", lambda v, d: math.nan),
         Mutation("inf", lambda v, d: math.inf),
+        Mutation("bool", lambda v, d: True),  # True is not 1.0: a bool for a real number is a mistake
     ],
     "beta": [
         Mutation("negative", lambda v, d: -d.draw(st.floats(0.01, 10.0))),
         Mutation("nan", lambda v, d: math.nan),
         Mutation("inf", lambda v, d: math.inf),
+        Mutation("bool", lambda v, d: True),  # True is not 1.0: a bool for a real number is a mistake
     ],
     "distribution": [
         Mutation("unnormalised", lambda v, d: np.asarray(v) * d.draw(st.floats(1.5, 3.0))),
@@ -243,6 +246,7 @@ MUTATIONS: dict[str, list[Mutation]] = {
         Mutation("nan", lambda v, d: math.nan),
         Mutation("string", lambda v, d: str(v)),
         Mutation("too_small", lambda v, d: 1e-12),  # refused over budget, naming max_seconds
+        Mutation("bool", lambda v, d: True),
         Mutation("inf", lambda v, d: math.inf, benign=True),  # no limit
     ],
     "chunk_size": [
