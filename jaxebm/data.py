@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from jaxebm import gmm, ising
+from jaxebm._enum.codes import float_dtype
 from jaxebm._validation import count, finite_scalar
 from jaxebm.types import Array, PRNGKey
 
@@ -59,6 +60,7 @@ def digits(*, threshold: float = 7.0, dtype=np.float32) -> tuple[np.ndarray, np.
       the digit classes 0-9.
     """
     threshold = finite_scalar("threshold", threshold)
+    dtype = float_dtype(dtype)  # an unsigned or bool dtype would wrap or lose the -1 spins
     bunch = _sklearn_datasets().load_digits()
     x = np.where(bunch.data > threshold, 1.0, -1.0).astype(dtype)
     return x, np.asarray(bunch.target)
@@ -98,6 +100,7 @@ def two_d_mixture_params(dtype=None) -> gmm.GMMParams:
     """
     import jax.numpy as jnp
 
+    dtype = None if dtype is None else float_dtype(dtype)  # integer weights would round to 0
     return gmm.GMMParams(
         weights=jnp.array([0.3, 0.45, 0.25], dtype),
         means=jnp.array([[-2.0, 1.5], [1.5, 0.5], [0.0, -2.5]], dtype),
@@ -119,7 +122,8 @@ def two_d_mixture(key: PRNGKey, n: int) -> tuple[Array, Array]:
     return gmm.sample(key, two_d_mixture_params(), count("n", n))
 
 
-def exact_ising_samples(key: PRNGKey, params: ising.IsingParams, n: int) -> Array:
+def exact_ising_samples(key: PRNGKey, params: ising.IsingParams, n: int, *,
+                        max_seconds: float | None = None) -> Array:
     r"""``n`` independent exact samples :math:`x \sim q_\theta` of a small Ising model
     (Eq. (2.28)), by enumeration (:func:`jaxebm.ising.sample_exact`, up to about 34 spins).
 
@@ -127,11 +131,12 @@ def exact_ising_samples(key: PRNGKey, params: ising.IsingParams, n: int) -> Arra
       key: PRNG key.
       params: the model.
       n: number of samples, a positive integer.
+      max_seconds: the time budget of the enumeration (as :func:`jaxebm.ising.sample_exact`).
 
     Returns:
       ``Float[Array, "n num_spins"]`` spins in {-1, +1}.
     """
-    return ising.sample_exact(key, params, count("n", n))
+    return ising.sample_exact(key, params, count("n", n), max_seconds=max_seconds)
 
 
 def train_test_split(*arrays, train_fraction: float = 0.8, seed: int = 0) -> tuple[np.ndarray, ...]:

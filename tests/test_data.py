@@ -81,6 +81,27 @@ def test_digits_as_pm1_spins():
     assert set(np.unique(labels)) == set(range(10))
     with pytest.raises(ValueError, match="threshold"):
         data.digits(threshold=float("nan"))
+    assert data.digits(dtype=np.float64)[0].dtype == np.float64
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, bool, np.int32, np.complex64, "foo"])
+def test_non_float_dtypes_are_refused(dtype):
+    """An unsigned dtype wrapped -1 to 255, bool made every spin True, an integer dtype
+    rounded the mixture weights to 0."""
+    with pytest.raises(ValueError, match="dtype must be a floating dtype"):
+        data.two_d_mixture_params(dtype=dtype)
+    with pytest.raises(ValueError, match="dtype must be a floating dtype"):
+        data.digits(dtype=dtype)  # refused before scikit-learn is needed
+
+
+def test_exact_samples_take_a_time_budget():
+    params = ising.init(jax.random.key(0), 40, 0.1)
+    with pytest.raises(ValueError, match=r"2\^40 .*max_seconds=600"):
+        data.exact_ising_samples(jax.random.key(1), params, 3)
+    small = ising.init(jax.random.key(0), 12, 0.1)
+    with pytest.raises(ValueError, match="max_seconds=1e-09"):
+        data.exact_ising_samples(jax.random.key(1), small, 3, max_seconds=1e-9)
+    assert data.exact_ising_samples(jax.random.key(1), small, 3, max_seconds=60).shape == (3, 12)
 
 
 def test_wine_standardised_and_projected():
