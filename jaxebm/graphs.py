@@ -530,6 +530,8 @@ def square_lattice(rows: int, cols: int, *, periodic=True) -> Graph:
 def chain(n: int, *, periodic: bool = False) -> Graph:
     """The path ``0 - 1 - ... - (n-1)`` (a ring when ``periodic`` and ``n >= 3``)."""
     n = count("n", n)
+    if not isinstance(periodic, (bool, np.bool_)):  # periodic="no" is truthy: refuse, do not guess
+        raise ValueError(f"periodic must be a bool; got {periodic!r}.")
     edges = [(i, i + 1) for i in range(n - 1)]
     if periodic and n >= 3:
         edges.append((0, n - 1))
@@ -538,11 +540,20 @@ def chain(n: int, *, periodic: bool = False) -> Graph:
 
 def _rng(key) -> np.random.Generator:
     """A NumPy generator seeded from a JAX key (or an int seed)."""
+    if isinstance(key, (bool, np.bool_)):
+        raise ValueError(f"key must be a JAX PRNG key or an integer seed; got {key!r}.")
     if isinstance(key, numbers.Integral):
         return np.random.default_rng(int(key))
     import jax
 
-    data = np.asarray(jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key)
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) and np.ndim(key) == 0:
+        data = np.asarray(jax.random.key_data(key))
+    elif dtype is not None and np.ndim(key) == 1 and dtype == np.uint32:  # raw key data (jax.random.PRNGKey)
+        data = np.asarray(key)
+    else:
+        raise ValueError(f"key must be a single JAX PRNG key (jax.random.key(seed)) or an integer seed; got "
+                         f"{type(key).__name__}" + (f" of shape {np.shape(key)}" if dtype is not None else "") + ".")
     return np.random.default_rng(data.astype(np.uint64).ravel().tolist())
 
 

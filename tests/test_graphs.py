@@ -582,3 +582,17 @@ def test_fit_on_graph_matches_moments(rng):
     np.testing.assert_allclose(mean, m_d, atol=1e-4)
     np.testing.assert_allclose(edge_corr, c_d, atol=1e-4)
     assert float(info.loss[-1]) <= float(info.loss[0])
+
+
+def test_builders_refuse_a_non_bool_periodic_and_a_bad_key():
+    """chain(3, periodic="no") built a ring (a non-empty string is truthy); random graphs took
+    any object as a key and failed with an AttributeError."""
+    for bad in ("no", 1, None):
+        with pytest.raises(ValueError, match="periodic must be a bool"):
+            graphs.chain(3, periodic=bad)
+    assert graphs.chain(4, periodic=np.bool_(True)).num_edges == 4
+    for bad in ("k", True, 2.5, jax.random.split(jax.random.key(0), 2), np.zeros(2, np.int32)):
+        with pytest.raises(ValueError, match="key must be"):
+            graphs.random_tree(bad, 4)
+    same = [graphs.random_tree(k, 6).edges for k in (jax.random.key(3), jax.random.PRNGKey(3))]
+    np.testing.assert_array_equal(*same)  # a typed key and its raw data are the same key
