@@ -264,6 +264,9 @@ def test_bad_spins_and_data(rng):
         ising.nll_from_moments(params, np.zeros(4), np.where(np.eye(4) > 0, np.nan, 0.0))
     with pytest.raises(ValueError, match=r"corr must have shape \(4, 4\)"):
         ising.nll_from_moments(params, np.zeros(4), np.eye(3))
+    # a triangle of <x x^T> would halve the coupling term of the nll
+    with pytest.raises(ValueError, match="corr must be symmetric"):
+        ising.nll_from_moments(params, np.zeros(4), np.triu(np.full((4, 4), 0.3)))
 
 
 def test_counts_and_scalars_are_never_truncated(rng):
