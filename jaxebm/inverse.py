@@ -43,6 +43,7 @@ import optax
 from jax import lax
 
 from jaxebm import curvature, ising, optim
+from jaxebm._enum.budget import time_limit
 from jaxebm._numerics import HIGHEST, log2cosh
 from jaxebm._validation import (
     ConvergenceWarning,
@@ -488,7 +489,7 @@ def mpf(data, l2: float = 0.0, *, max_iter: int = 500, tol: float = 1e-6, batch_
 
 
 def exact_ml(data, l2: float = 0.0, *, tol: float = 1e-6, max_iter: int = 50, init: IsingParams | None = None,
-             cg_iters: int = 50, verbose: bool = False) -> IsingParams:
+             cg_iters: int = 50, verbose: bool = False, max_seconds: float | None = None) -> IsingParams:
     r"""Exact maximum likelihood by moment matching (Eq. (2.31)-(2.32)).
 
     Damped Newton in the flat coordinates :math:`\theta = (h, J_{k<l})`: each step solves
@@ -516,6 +517,8 @@ def exact_ml(data, l2: float = 0.0, *, tol: float = 1e-6, max_iter: int = 50, in
       tol: finite, >= 0.
       max_iter, cg_iters: positive integers.
       init: optional ``IsingParams`` on ``n`` spins to start from.
+      max_seconds: the time budget of one exact :math:`\log Z` by enumeration (as
+        :func:`jaxebm.ising.log_partition`; a fit runs many).
 
     Returns:
       ``IsingParams``; a :class:`~jaxebm._validation.ConvergenceWarning` if ``max_iter``
@@ -525,6 +528,7 @@ def exact_ml(data, l2: float = 0.0, *, tol: float = 1e-6, max_iter: int = 50, in
     tol = finite_scalar("tol", tol, minimum=0.0)
     max_iter = count("max_iter", max_iter)
     cg_iters = count("cg_iters", cg_iters)
+    max_seconds = None if max_seconds is None else time_limit(max_seconds)  # validated; hashable for jit
     data = _check_data(data, l2, "exact_ml")
     n = data.shape[1]
     if init is not None:
@@ -542,7 +546,7 @@ def exact_ml(data, l2: float = 0.0, *, tol: float = 1e-6, max_iter: int = 50, in
     mean, corr = _jit_moments(data)
     residual = np.inf
     for it in range(max_iter):
-        value, residual, direction, grad_norm, slack = _newton_step(theta, mean, corr, l2, cg_iters)
+        value, residual, direction, grad_norm, slack = _newton_step(theta, mean, corr, l2, cg_iters, max_seconds)
         value, residual, grad_norm, slack = float(value), float(residual), float(grad_norm), float(slack)
         if verbose:
             print(f"  exact_ml {it}: nll {value:.10f} residual {residual:.2e}")
@@ -550,7 +554,7 @@ def exact_ml(data, l2: float = 0.0, *, tol: float = 1e-6, max_iter: int = 50, in
             break
         t = 1.0
         while t > 1e-6:
-            candidate, loss, candidate_grad_norm = _line_trial(theta, direction, t, mean, corr, l2)
+            candidate, loss, candidate_grad_norm = _line_trial(theta, direction, t, mean, corr, l2, max_seconds)
             loss = float(loss)
             # a decrease beyond the rounding error of the nll; within it, the gradient norm decides
             if loss < value - slack or (loss <= value + slack and float(candidate_grad_norm) < grad_norm):
@@ -567,26 +571,26 @@ def exact_ml(data, l2: float = 0.0, *, tol: float = 1e-6, max_iter: int = 50, in
 _jit_moments = jax.jit(_data_moments)
 
 
-@functools.partial(jax.jit, static_argnums=(4,))
-def _newton_step(theta, mean, corr, l2, cg_iters):
-    return _newton_direction(theta, mean, corr, mean.shape[0], l2, cg_iters)
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _newton_step(theta, mean, corr, l2, cg_iters, max_seconds=None):
+    return _newton_direction(theta, mean, corr, mean.shape[0], l2, cg_iters, max_seconds)
 
 
-@jax.jit
-def _line_trial(theta, direction, t, mean, corr, l2):
+@functools.partial(jax.jit, static_argnums=(6,))
+def _line_trial(theta, direction, t, mean, corr, l2, max_seconds=None):
     candidate = theta - t * direction
-    loss, grad = jax.value_and_grad(_penalised_nll)(candidate, mean, corr, mean.shape[0], l2)
+    loss, grad = jax.value_and_grad(_penalised_nll)(candidate, mean, corr, mean.shape[0], l2, max_seconds)
     return candidate, loss, jnp.linalg.norm(grad)
 
 
-def _penalised_nll(theta, mean, corr, n, l2):
+def _penalised_nll(theta, mean, corr, n, l2, max_seconds=None):
     params = ising.from_flat(theta, n)
-    return ising.nll_from_moments(params, mean, corr) + 0.5 * l2 * jnp.sum(theta[n:] ** 2)
+    return ising.nll_from_moments(params, mean, corr, max_seconds=max_seconds) + 0.5 * l2 * jnp.sum(theta[n:] ** 2)
 
 
-def _newton_direction(theta, mean, corr, n, l2, cg_iters):
+def _newton_direction(theta, mean, corr, n, l2, cg_iters, max_seconds=None):
     def loss(t):
-        return _penalised_nll(t, mean, corr, n, l2)
+        return _penalised_nll(t, mean, corr, n, l2, max_seconds)
 
     value, grad = jax.value_and_grad(loss)(theta)
     # grad = <phi> - phi_data + l2 J: the moment residual when l2 = 0, the stationarity

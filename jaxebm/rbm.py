@@ -572,7 +572,7 @@ class GEMInfo(NamedTuple):
 
 def gem_fit(params: RBMParams, data: ArrayLike, num_outer: int, num_inner: int = 5,
             optimizer: optax.GradientTransformation | None = None, *, tol: float | None = None,
-            opt_state: PyTree | None = None) -> tuple[RBMParams, GEMInfo]:
+            opt_state: PyTree | None = None, max_seconds: float | None = None) -> tuple[RBMParams, GEMInfo]:
     r"""Generalised EM (Eq. (4.87)-(4.89)): hold :math:`r(z) = p_{old}(z\mid x)` fixed, take
     ``num_inner`` optax steps increasing :math:`Q(\cdot, \theta_{old})` (exact model moments),
     repeat ``num_outer`` times.
@@ -602,13 +602,14 @@ def gem_fit(params: RBMParams, data: ArrayLike, num_outer: int, num_inner: int =
       optimizer: any optax optimiser (default ``optax.sgd(1 / smoothness_bound(...))``).
       tol: optional convergence tolerance on the last outer step's log-likelihood gain (> 0).
       opt_state: optimiser state to resume from (``info.opt_state`` of an earlier fit).
+      max_seconds: the time budget of one exact :math:`\log Z` (as :func:`log_partition`).
 
     Returns:
       ``(params, GEMInfo)``. One ``lax.scan`` over outer steps (deterministic: no key); jit
       it at the call site, or call it eagerly: the compiled work is cached on the traced
       program, so calls with new values of the same shapes compile once.
     """
-    params = _validate(params)
+    params, config = _exact_setup(params, max_seconds=max_seconds)
     nv, nh = np.shape(params.W)
     data = _check_layer("data", data, nv, ndim=(2,))
     num_outer, num_inner = count("num_outer", num_outer), count("num_inner", num_inner)
@@ -621,11 +622,11 @@ def gem_fit(params: RBMParams, data: ArrayLike, num_outer: int, num_inner: int =
     opt_state = optimizer_state(optimizer, params, opt_state)
 
     def neg_q(p, old, data):
-        return -_q_function(p, old, data)
+        return -_q_function(p, old, data, config)
 
     def outer(carry):
         params, opt_state = carry
-        log_lik = -nll(params, data)
+        log_lik = -nll(params, data, max_seconds=max_seconds)
         params, info = optim.run(optimizer, neg_q, params, num_inner, params, data, opt_state=opt_state,
                                  safeguard=True)
         return (params, info.opt_state), (log_lik, info.accepted)
@@ -633,7 +634,7 @@ def gem_fit(params: RBMParams, data: ArrayLike, num_outer: int, num_inner: int =
     traced, consts = _cache.trace(lambda carry, _: outer(carry), (params, opt_state), None)
     (params, opt_state), (history, accepted) = _cache.scan(consts, (params, opt_state), traced=traced,
                                                            num_steps=num_outer)
-    history = jnp.concatenate([history, -nll(params, data)[None]])
+    history = jnp.concatenate([history, -nll(params, data, max_seconds=max_seconds)[None]])
     converged = None
     if tol is not None:
         converged = history[-1] - history[-2] <= tol

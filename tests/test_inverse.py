@@ -408,6 +408,17 @@ def test_lbfgs_fits_warn_at_max_iter_with_the_gradient_norm(name, small):
         fn(small[0])
 
 
+def test_exact_ml_takes_a_time_budget(small):
+    """The enumeration's refusal says "pass a larger max_seconds": exact_ml takes one."""
+    with pytest.raises(ValueError, match=r"2\^40 .*max_seconds=600"):
+        inverse.exact_ml(np.where(np.random.default_rng(0).random((30, 40)) < 0.5, -1.0, 1.0))
+    with pytest.raises(ValueError, match="max_seconds=1e-09"):
+        inverse.exact_ml(small[0], max_seconds=1e-9)
+    with pytest.raises(ValueError, match="max_seconds must be finite"):
+        inverse.exact_ml(small[0], max_seconds=float("nan"))
+    np.testing.assert_array_equal(inverse.exact_ml(small[0], max_seconds=60).J, inverse.exact_ml(small[0]).J)
+
+
 def test_exact_ml_warns_at_max_iter(small):
     with pytest.warns(ConvergenceWarning, match=r"exact_ml stopped after max_iter=1 Newton steps.*moment residual"):
         inverse.exact_ml(small[0], max_iter=1)

@@ -421,6 +421,19 @@ def test_gem_fit_warns_when_it_stops_at_num_outer(rng, x64):
     assert bool(info.converged)
 
 
+def test_gem_fit_takes_a_time_budget(rng):
+    """The enumeration's refusal says "pass a larger max_seconds": gem_fit takes one."""
+    data = jnp.asarray(reference.all_states(4)[rng.choice([0, 15], 20)])
+    big = rbm.init(jax.random.key(0), 40, 41)
+    with pytest.raises(ValueError, match=r"n_visible .*2\^40 .*max_seconds=600"):
+        rbm.gem_fit(big, jnp.ones((5, 40)), num_outer=1)
+    params = rbm.init(jax.random.key(0), 4, 2, scale=0.1)
+    with pytest.raises(ValueError, match="max_seconds=1e-09"):
+        rbm.gem_fit(params, data, num_outer=1, max_seconds=1e-9)
+    fitted, _ = rbm.gem_fit(params, data, num_outer=2, max_seconds=60)
+    np.testing.assert_array_equal(fitted.W, rbm.gem_fit(params, data, num_outer=2)[0].W)
+
+
 def test_gem_fit_safeguard_resume_and_compile_once(rng, x64):
     params = rbm.init(jax.random.key(0), 4, 2, scale=0.1, dtype=jnp.float64)
     data = jnp.asarray(reference.all_states(4)[rng.integers(0, 16, 40)])
