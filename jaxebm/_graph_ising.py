@@ -26,7 +26,7 @@ from jaxebm._enum import split
 from jaxebm._enum.budget import time_limit
 from jaxebm._enum.codes import float_dtype
 from jaxebm._numerics import HIGHEST
-from jaxebm._validation import array, check_finite, choice, count, finite_scalar, graph_fields, spins
+from jaxebm._validation import array, check_finite, choice, count, finite_scalar, graph_fields, prng_key, spins
 from jaxebm.graphs import Graph
 from jaxebm.types import Array, ArrayLike, PRNGKey
 
@@ -99,6 +99,7 @@ def edwards_anderson(key: PRNGKey, graph: Graph, *, beta: float = 1.0, couplings
       field: standard deviation of the random fields (before ``beta``), >= 0.
       dtype: float dtype of the parameters.
     """
+    key = prng_key("key", key)
     if not isinstance(graph, Graph):
         raise ValueError(f"graph must be a jaxebm.graphs.Graph; got {type(graph).__name__}.")
     beta = finite_scalar("beta", beta, minimum=0.0)
@@ -299,6 +300,7 @@ def kl(params_p: GraphIsingParams, params_q: GraphIsingParams, *, max_seconds: f
 
 def sample_exact(key: PRNGKey, params: GraphIsingParams, num_samples: int, *,
                  max_seconds: float | None = None) -> Array:
+    key = prng_key("key", key)
     params = validate(params)
     num_samples = count("num_samples", num_samples)
     if use_elimination(params.graph, max_seconds) or params.graph.n > 34:

@@ -199,6 +199,23 @@ def finite_scalar(name: str, value, *, minimum: float | None = None, maximum: fl
     return v
 
 
+def prng_key(name: str, key):
+    """A single JAX PRNG key: a typed key (``jax.random.key(seed)``) of shape ``()`` or raw key
+    data (``jax.random.PRNGKey(seed)``, a uint32 vector); a batch of keys, an integer seed or
+    anything else is a ValueError naming ``name`` (checked on shapes and dtypes, so also under
+    ``jit``; under ``vmap`` each key is single)."""
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if np.ndim(key) != 0:
+            raise ValueError(f"{name} must be a single PRNG key; got a batch of shape {np.shape(key)} "
+                             "(map over keys with jax.vmap).")
+        return key
+    if dtype is not None and dtype == np.uint32 and np.ndim(key) == 1:
+        return key
+    what = f"{type(key).__name__} of dtype {dtype} and shape {np.shape(key)}" if dtype is not None else repr(key)
+    raise ValueError(f"{name} must be a JAX PRNG key, e.g. jax.random.key(0); got {what}.")
+
+
 def regulariser(name: str, value):
     """A regularisation strength: finite and >= 0."""
     return finite_scalar(name, value, minimum=0.0)

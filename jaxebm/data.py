@@ -20,7 +20,7 @@ import numpy as np
 
 from jaxebm import gmm, ising
 from jaxebm._enum.codes import float_dtype
-from jaxebm._validation import count, finite_scalar
+from jaxebm._validation import count, finite_scalar, prng_key
 from jaxebm.types import Array, PRNGKey
 
 __all__ = [
@@ -119,6 +119,7 @@ def two_d_mixture(key: PRNGKey, n: int) -> tuple[Array, Array]:
     Returns:
       ``(x (n, 2), components (n,))``: the points and the component that drew each.
     """
+    key = prng_key("key", key)
     return gmm.sample(key, two_d_mixture_params(), count("n", n))
 
 

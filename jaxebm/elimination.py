@@ -67,7 +67,7 @@ import numpy as np
 from jax import lax
 
 from jaxebm._enum.budget import time_limit
-from jaxebm._validation import choice, count, graph_fields, is_concrete
+from jaxebm._validation import choice, count, graph_fields, is_concrete, prng_key
 from jaxebm.graphs import Graph
 from jaxebm.types import Array, ArrayLike, PRNGKey
 
@@ -972,6 +972,7 @@ def sample_exact(key: PRNGKey, h: ArrayLike, J: ArrayLike, graph: Graph, num_sam
     Returns:
       ``(num_samples, n)`` spins in {-1, +1}, in the dtype of ``h`` and ``J``.
     """
+    key = prng_key("key", key)
     choice("mode", mode, MODES)
     num_samples = count("num_samples", num_samples)
     h, J = _check_inputs(h, J, graph)

@@ -45,6 +45,7 @@ from jaxebm._validation import (
     finite_scalar,
     is_concrete,
     power_of_two,
+    prng_key,
     spins,
 )
 from jaxebm.types import Array, ArrayLike, PRNGKey
@@ -169,6 +170,7 @@ def energy(params: IsingParams, x: ArrayLike) -> Array:
 def init(key: PRNGKey, n: int, scale: float = 0.01, dtype=jnp.float32) -> IsingParams:
     """Small random initial parameters: ``h, J_kl ~ N(0, scale^2)``, ``J`` symmetric with zero
     diagonal."""
+    key = prng_key("key", key)
     n = count("n", n)
     scale = finite_scalar("scale", scale, minimum=0.0)
     dtype = float_dtype(dtype)
@@ -182,6 +184,7 @@ def sherrington_kirkpatrick(key: PRNGKey, n: int, beta: float = 1.0, field_std: 
                             dtype=jnp.float32) -> IsingParams:
     r"""An SK spin glass at inverse temperature ``beta``: :math:`J_{kl} \sim N(0, \beta^2/n)`,
     :math:`h_k \sim N(0, \text{field\_std}^2)`. The spin-glass transition is at beta = 1."""
+    key = prng_key("key", key)
     n = count("n", n)
     beta = finite_scalar("beta", beta, minimum=0.0)
     field_std = finite_scalar("field_std", field_std, minimum=0.0)
@@ -649,6 +652,7 @@ def sample_exact(key: PRNGKey, params: IsingParams, num_samples: int, *,
     Returns:
       ``Float[Array, "num_samples n"]`` spins in {-1, +1}.
     """
+    key = prng_key("key", key)
     if isinstance(params, GraphIsingParams):
         return _graph_ising.sample_exact(key, params, num_samples, max_seconds=max_seconds)
     params = validate_params(params)

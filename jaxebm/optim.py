@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxebm import _cache
-from jaxebm._validation import count, optimizer_state, regulariser
+from jaxebm._validation import count, optimizer_state, prng_key, regulariser
 from jaxebm.types import Array, PRNGKey, PyTree
 
 __all__ = ["RunInfo", "estimated_gradient_loss", "run"]
@@ -131,6 +131,8 @@ def run(optimizer: optax.GradientTransformation, loss_fn: Callable[..., Array], 
         raise ValueError(f"metrics_fn must be callable or None; got {type(metrics_fn).__name__}.")
     if not isinstance(safeguard, bool):
         raise ValueError(f"safeguard must be True or False; got {safeguard!r}.")
+    if key is not None:
+        key = prng_key("key", key)
     if key is None and aux is not None:
         raise ValueError("aux is the carried state of a stochastic objective: pass key too "
                          "(loss_fn(params, aux, key, *args) -> (loss, aux)).")

@@ -48,6 +48,7 @@ from jaxebm._validation import (
     is_concrete,
     optimizer_state,
     positive_scalar,
+    prng_key,
 )
 from jaxebm.types import Array, ArrayLike, PRNGKey, PyTree
 
@@ -152,6 +153,7 @@ def validate_data(params: RBMParams, data: ArrayLike, name: str = "data") -> Arr
 
 def init(key: PRNGKey, n_visible: int, n_hidden: int, scale: float = 0.01, dtype=jnp.float32) -> RBMParams:
     """Small random couplings ``W ~ N(0, scale^2)`` and zero fields."""
+    key = prng_key("key", key)
     n_visible, n_hidden = count("n_visible", n_visible), count("n_hidden", n_hidden)
     scale = finite_scalar("scale", scale, minimum=0.0)
     W = scale * jax.random.normal(key, (n_visible, n_hidden), dtype)
@@ -206,6 +208,7 @@ def visible_mean(params: RBMParams, z: ArrayLike, precision=HIGHEST) -> Array:
 def sample_hidden(key: PRNGKey, params: RBMParams, x: ArrayLike, precision=HIGHEST) -> Array:
     r"""Draws :math:`z \sim p(z \mid x)`, independent units with :math:`P(z_l=+1) =
     \sigma(2(W^\top x + c)_l)` (Eq. (4.84))."""
+    key = prng_key("key", key)
     params = _validate(params)
     x = _check_layer("x", x, params.W.shape[0])
     return spins_given_field(key, jnp.matmul(x, params.W, precision=precision) + params.c)
@@ -213,6 +216,7 @@ def sample_hidden(key: PRNGKey, params: RBMParams, x: ArrayLike, precision=HIGHE
 
 def sample_visible(key: PRNGKey, params: RBMParams, z: ArrayLike, precision=HIGHEST) -> Array:
     r"""Draws :math:`x \sim p(x \mid z)`, :math:`P(x_k=+1) = \sigma(2(Wz + b)_k)` (Eq. (4.83))."""
+    key = prng_key("key", key)
     params = _validate(params)
     z = _check_layer("z", z, params.W.shape[1])
     return spins_given_field(key, jnp.matmul(z, params.W.T, precision=precision) + params.b)
@@ -224,6 +228,7 @@ def gibbs_step(key: PRNGKey, params: RBMParams, x: ArrayLike, precision=HIGHEST)
     ``precision`` is the matmul precision (``HIGHEST`` by default; on GPU,
     ``lax.Precision.DEFAULT`` uses TF32 and is faster, at ~1e-3 relative error in the fields).
     """
+    key = prng_key("key", key)
     params = _validate(params)
     x = _check_layer("x", x, params.W.shape[0])
     return rbm_gibbs_step(key, params, x, precision)
@@ -442,6 +447,7 @@ def cd_grad(key: PRNGKey, params: RBMParams, data: ArrayLike, k: int = 1) -> RBM
     ``(num_samples, n_visible)`` +-1 spins (convert {0, 1} data with ``2 * x - 1``); ``k`` a
     positive count. Compiled once per shape and ``k``.
     """
+    key = prng_key("key", key)
     k = _gibbs_steps(k)
     params = _validate(params)
     data = _as_chain_dtype(params, _check_layer("data", data, np.shape(params.W)[0], ndim=(2,)))
@@ -457,6 +463,7 @@ def pcd_grad(key: PRNGKey, params: RBMParams, data: ArrayLike, chains: ArrayLike
     Returns:
       ``(grads, chains)``.
     """
+    key = prng_key("key", key)
     k = _gibbs_steps(k)
     params = _validate(params)
     nv = np.shape(params.W)[0]

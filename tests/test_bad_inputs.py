@@ -546,3 +546,60 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _key_calls():
+    """Every public function that takes a PRNG key, as ``key -> call``."""
+    from jaxebm import curvature, data, elimination, graphs, optim
+
+    params, rbm_params = _ising(), _rbm()
+    x = _spins((M, N))
+    g = graphs.square_lattice(2, 3)
+    gp = ising.GraphIsingParams(np.zeros(g.n, np.float32), np.full(g.num_edges, 0.2, np.float32), g)
+    gmm_x = np.random.default_rng(0).normal(size=(M, D)).astype(np.float32)
+    gmm_params = gmm.fit(jax.random.key(0), gmm_x, K, max_iter=2, tol=10.0)[0]
+    heat = mcmc.heat_bath(params)
+    state = heat.init(x[0])
+    return {
+        "ising.init": lambda k: ising.init(k, N),
+        "ising.sherrington_kirkpatrick": lambda k: ising.sherrington_kirkpatrick(k, N),
+        "ising.sample_exact": lambda k: ising.sample_exact(k, params, 3),
+        "ising.sample_exact (graph)": lambda k: ising.sample_exact(k, gp, 3),
+        "ising.edwards_anderson": lambda k: ising.edwards_anderson(k, g),
+        "elimination.sample_exact": lambda k: elimination.sample_exact(k, gp.h, gp.J, g, 3),
+        "rbm.init": lambda k: rbm.init(k, NV, NH),
+        "rbm.sample_hidden": lambda k: rbm.sample_hidden(k, rbm_params, _spins((NV,))),
+        "rbm.sample_visible": lambda k: rbm.sample_visible(k, rbm_params, _spins((NH,))),
+        "rbm.gibbs_step": lambda k: rbm.gibbs_step(k, rbm_params, _spins((NV,))),
+        "rbm.cd_grad": lambda k: rbm.cd_grad(k, rbm_params, _spins((M, NV))),
+        "rbm.pcd_grad": lambda k: rbm.pcd_grad(k, rbm_params, _spins((M, NV)), _spins((8, NV))),
+        "gmm.fit": lambda k: gmm.fit(k, gmm_x, K, max_iter=2, tol=10.0),
+        "gmm.initialize": lambda k: gmm.initialize(k, jnp.asarray(gmm_x), K),
+        "gmm.sample": lambda k: gmm.sample(k, gmm_params, 5),
+        "data.two_d_mixture": lambda k: data.two_d_mixture(k, 5),
+        "data.exact_ising_samples": lambda k: data.exact_ising_samples(k, params, 3),
+        "mcmc.run_chain": lambda k: mcmc.run_chain(k, heat, state, 2),
+        "mcmc.run_chains": lambda k: mcmc.run_chains(k, heat, jax.vmap(heat.init)(jnp.asarray(x[:2])), 2),
+        "mcmc.ais_log_partition": lambda k: mcmc.ais_log_partition(k, params, num_chains=4, num_temps=3),
+        "mcmc.pcd_fit_ising": lambda k: mcmc.pcd_fit_ising(k, params, x, optax.sgd(0.1), 2, num_chains=4,
+                                                           betas=np.array([0.5, 1.0])),
+        "mcmc.tune_ladder": lambda k: mcmc.tune_ladder(k, lambda b: mcmc.heat_bath(params, b), np.array([0.5, 1.0]),
+                                                       np.stack([x[:2]] * 1, 0)[0], num_rounds=1,
+                                                       steps_per_round=2),
+        "optim.run": lambda k: optim.run(optax.sgd(0.1), lambda p, a, kk: (jnp.sum(p ** 2), a), jnp.ones(2), 2,
+                                         key=k, aux=jnp.zeros(())),
+        "curvature.max_eigenvalue": lambda k: curvature.max_eigenvalue(lambda t: jnp.sum(t ** 2), jnp.ones(3), key=k),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_key_calls()))
+def test_keys_are_checked(name):
+    """An integer seed, a string, a batch of keys or a float array where one PRNG key belongs is
+    a ValueError naming ``key`` (JAX raised a TypeError about "key data" or nothing at all); a
+    typed key and raw key data both work."""
+    call = _key_calls()[name]
+    for good in (jax.random.key(1), jax.random.PRNGKey(1)):
+        call(good)
+    for bad in (5, "key", jax.random.split(jax.random.key(0), 3), np.zeros(2, np.float32)):
+        with pytest.raises(ValueError, match="key must be"):
+            call(bad)
