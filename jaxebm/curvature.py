@@ -45,6 +45,7 @@ from jaxebm._validation import (
     finite_scalar,
     is_concrete,
     positive_scalar,
+    prng_key,
 )
 from jaxebm.types import Array, PyTree
 
@@ -156,6 +157,10 @@ def _lanczos(matvec, v0, num_iters):
     return ritz, ritz_vectors
 
 
+# Memory a dense Hessian (with eigh's workspace) may take before max_eigenvalue refuses it.
+_DENSE_BUDGET_BYTES = 2**32
+
+
 def max_eigenvalue(loss_fn: Callable, params: PyTree, *args, method: str = "power", which: str = "largest",
                    num_iters: int = 100, tol: float = 1e-6, init_vector: PyTree | None = None,
                    init_eigenvalue: Array | float | None = None, key: Array | None = None,
@@ -199,6 +204,12 @@ def max_eigenvalue(loss_fn: Callable, params: PyTree, *args, method: str = "powe
     _scalar_loss(loss_fn, params, args)
     flat, unravel = ravel_pytree(params)
     dtype = flat.dtype
+    dense_bytes = 3 * flat.shape[0] ** 2 * jnp.dtype(dtype).itemsize  # the Hessian, eigh's copy and vectors
+    if method == "dense" and dense_bytes > _DENSE_BUDGET_BYTES:
+        raise ValueError(f'method="dense" needs the full {flat.shape[0]} x {flat.shape[0]} Hessian and its '
+                         f"eigendecomposition, about {dense_bytes / 2**30:.1f} GiB (limit "
+                         f'{_DENSE_BUDGET_BYTES / 2**30:.0f} GiB); use method="lanczos" or "power" (Hessian-vector '
+                         "products only).")
     if init_vector is not None:
         init_vector = _check_params("init_vector", init_vector)
         if jax.tree_util.tree_structure(init_vector) != jax.tree_util.tree_structure(params):
@@ -210,7 +221,7 @@ def max_eigenvalue(loss_fn: Callable, params: PyTree, *args, method: str = "powe
         if is_concrete(v0) and not np.any(np.asarray(v0)):
             raise ValueError("init_vector must be non-zero.")
     else:
-        v0 = jax.random.normal(jax.random.key(0) if key is None else key, flat.shape, dtype)
+        v0 = jax.random.normal(jax.random.key(0) if key is None else prng_key("key", key), flat.shape, dtype)
     lam0 = jnp.asarray(jnp.nan if init_eigenvalue is None else finite_scalar("init_eigenvalue", init_eigenvalue),
                        dtype)
     # The compiled work is cached on the traced loss (a new closure over new values reuses it).

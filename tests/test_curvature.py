@@ -365,3 +365,9 @@ def test_eager_calls_compile_once():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         _assert_compiles_once(calls(1), calls(2))
+
+
+def test_dense_method_refuses_a_hessian_over_its_memory_budget():
+    """method="dense" on 1e5 parameters asked XLA for a 40 GB Hessian and died out of memory."""
+    with pytest.raises(ValueError, match=r'method="dense" needs the full 100000 x 100000 Hessian.*"lanczos"'):
+        curvature.max_eigenvalue(lambda t: jnp.sum(t**2), jnp.ones(100_000), method="dense")
