@@ -18,7 +18,9 @@ shapes, ``reg_covar``, the ``10 eps`` added to :math:`N_k`, convergence on the c
 mean log-likelihood), so that results agree to ~1e-7 in float64.
 
 **Numerics, and the matmul form.** Data are shifted by a centre :math:`c` (the data mean in
-:func:`fit`), :math:`z = x - c`. With the :math:`d(d+1)/2` quadratic features
+:func:`fit`; in :func:`e_step` the mixture mean :math:`\sum_k C_k\mu_k`, which depends on the
+parameters only, so that the statistics of minibatches add up: see :class:`EStepStats`),
+:math:`z = x - c`. With the :math:`d(d+1)/2` quadratic features
 :math:`u(z) = (z_a z_b)_{a \le b}`, both steps are single large matmuls over all components:
 the Mahalanobis term is
 :math:`(z-m_k)^\top P_k (z-m_k) = u(z)\cdot w(P_k) - 2 z^\top P_k m_k + m_k^\top P_k m_k`
@@ -36,7 +38,9 @@ finite, weights a distribution, covariances symmetric positive definite and fact
 the working dtype), ``x`` (a finite ``(n_samples, n_features)`` matrix whose squares fit the
 dtype: rescale it or use float64 otherwise; ``n_samples >= n_components`` where parameters
 are estimated), counts (positive integers, never truncated), ``tol`` and ``reg_covar``
-(finite, >= 0) and ``sample_weight`` (finite, >= 0, positive sum). Value checks need
+(finite, >= 0) and ``sample_weight`` (finite, >= 0, positive sum; where parameters are
+estimated, at least ``n_components`` positive entries), ``stats`` (an :class:`EStepStats`
+of consistent shapes). Value checks need
 concrete arrays: under a caller's ``jit`` only shapes are checked, so call
 :func:`validate_params` eagerly first. The work runs in module-level jitted functions keyed
 on shapes, dtypes and the covariance type, so a second eager call with new values of the
@@ -69,6 +73,7 @@ from jaxebm._validation import (
     distribution,
     finite_scalar,
     is_concrete,
+    prng_key,
     regulariser,
 )
 from jaxebm.types import Array, ArrayLike, PRNGKey
@@ -135,12 +140,33 @@ jax.tree_util.register_dataclass(GMMParams, data_fields=["weights", "means", "co
 
 
 class EStepStats(NamedTuple):
-    """Sufficient statistics of the E-step (weighted sums over samples, dynamax style)."""
+    r"""Sufficient statistics of the E-step: weighted sums over samples (dynamax style),
+    additive over minibatches.
 
-    nk: Array  # (K,) sum_i w_i r_ik
-    sum_z: Array  # (K, d) sum_i w_i r_ik z_i
-    sum_zz: Array  # (K, d, d) for full / (d, d) for tied / (K, d) for diag and spherical
-    total_weight: Array  # scalar sum_i w_i
+    The sums are of the data shifted by a centre :math:`c`, :math:`z_i = x_i - c` (for
+    float32 accuracy far from the origin); :func:`e_step` takes :math:`c = \sum_k C_k \mu_k`,
+    the mean of the mixture, which depends on the parameters only. The centre is stored as
+    ``weighted_centre`` :math:`= c \sum_i w_i`, so every field is a sum over samples: the
+    statistics of minibatches computed with the *same* parameters add up field by field
+    (``jax.tree.map(jnp.add, a, b)``) to those of the whole data, and :func:`m_step` recovers
+    :math:`c` as ``weighted_centre / total_weight``. Statistics computed with different
+    parameters have different centres and must not be summed.
+
+    Attributes:
+      nk: ``(K,)`` :math:`\sum_i w_i r_{ik}`.
+      sum_z: ``(K, d)`` :math:`\sum_i w_i r_{ik} z_i`.
+      sum_zz: :math:`\sum_i w_i r_{ik} z_i z_i^\top`, ``(K, d, d)`` for full; tied
+        ``(d, d)`` :math:`\sum_i w_i z_i z_i^\top`; diag and spherical ``(K, d)``, the diagonal
+        :math:`\sum_i w_i r_{ik} z_i^2`.
+      total_weight: scalar :math:`\sum_i w_i` (the number of samples when unweighted).
+      weighted_centre: ``(d,)`` :math:`c \sum_i w_i`.
+    """
+
+    nk: Array
+    sum_z: Array
+    sum_zz: Array
+    total_weight: Array
+    weighted_centre: Array
 
 
 class FitInfo(NamedTuple):
@@ -172,9 +198,12 @@ def _cov_shape(covariance_type: str, K: int, d: int) -> tuple:
 
 
 def _params(params, n_features: int | None = None, name: str = "params",
-            n_components: int | None = None) -> GMMParams:
+            n_components: int | None = None, data_features: int | None = None) -> GMMParams:
     """Validated parameters with array leaves (lists and NumPy converted): shapes always;
-    finite values, weights a distribution and positive-definite covariances when concrete."""
+    finite values, weights a distribution and positive-definite covariances when concrete.
+
+    ``n_features`` is enforced on ``means``; ``data_features`` (the data's column count, not
+    enforced) only decides which leaf to blame when ``means`` and ``covs`` disagree."""
     if not isinstance(params, GMMParams):
         raise ValueError(f"{name} must be a GMMParams(weights, means, covs, covariance_type); got "
                          f"{type(params).__name__}.")
@@ -193,7 +222,11 @@ def _params(params, n_features: int | None = None, name: str = "params",
     covs = array(f"{name}.covs", params.covs)
     want = _cov_shape(ct, K, d)
     if covs.shape != want:
-        raise ValueError(f"{name}.covs must have shape {want} for covariance_type={ct!r}; got {covs.shape}.")
+        if data_features not in (None, d) and covs.shape == _cov_shape(ct, K, data_features):
+            raise ValueError(f"{name}.means must have {data_features} features (columns) to match the data and "
+                             f"{name}.covs (shape {covs.shape}); got shape {means.shape}.")
+        raise ValueError(f"{name}.covs must have shape {want} for covariance_type={ct!r} (from {name}.means, shape "
+                         f"{means.shape}); got {covs.shape}.")
     check_finite(f"{name}.means", means)
     check_finite(f"{name}.covs", covs)
     weights = distribution(f"{name}.weights", weights)
@@ -256,14 +289,16 @@ def _check_scale(name: str, x) -> None:
             "standardise each feature) or use float64 (jax.config.update('jax_enable_x64', True)).")
 
 
-def _data(x, *, name: str = "x", n_features: int | None = None, n_components: int | None = None) -> Array:
+def _data(x, *, name: str = "x", n_features: int | None = None, n_components: int | None = None,
+          match: str = "params") -> Array:
     """A validated ``(n_samples, n_features)`` data matrix: finite, of a scale whose squares
-    fit the dtype, with at least ``n_components`` rows; returned as a float array."""
+    fit the dtype, with at least ``n_components`` rows; returned as a float array. ``match``
+    names what ``n_features`` comes from (for the message)."""
     x = array(name, x)
     check_ndim(name, x, 2, "a data matrix of shape (n_samples, n_features); for one sample use x[None]")
     n, d = x.shape
     if n_features is not None and d != n_features:
-        raise ValueError(f"{name} must have {n_features} features (columns) to match params; got shape {x.shape}.")
+        raise ValueError(f"{name} must have {n_features} features (columns) to match {match}; got shape {x.shape}.")
     if n_components is not None and n < n_components:
         raise ValueError(f"n_samples = {n} must be at least n_components = {n_components} ({name} has shape "
                          f"{x.shape}).")
@@ -273,8 +308,10 @@ def _data(x, *, name: str = "x", n_features: int | None = None, n_components: in
     return x
 
 
-def _sample_weight(sample_weight, n: int, dtype) -> Array | None:
-    """Validated ``(n,)`` sample weights: finite, >= 0, with a positive sum."""
+def _sample_weight(sample_weight, n: int, dtype, n_components: int | None = None) -> Array | None:
+    """Validated ``(n,)`` sample weights: finite, >= 0, with a positive sum and, where
+    parameters are estimated (``n_components`` given), at least ``n_components`` positive
+    entries (a zero weight removes a sample)."""
     if sample_weight is None:
         return None
     w = array("sample_weight", sample_weight)
@@ -286,28 +323,50 @@ def _sample_weight(sample_weight, n: int, dtype) -> Array | None:
             raise ValueError(f"sample_weight must be non-negative; got min {v.min():.3g}.")
         if not v.sum() > 0:
             raise ValueError(f"sample_weight must have a positive sum; got {v.sum():.3g}.")
+        positive = int(np.count_nonzero(v > 0))
+        if n_components is not None and positive < n_components:
+            raise ValueError(f"sample_weight has {positive} positive entries, but the number of positively weighted "
+                             f"samples must be at least n_components = {n_components} (a zero weight removes a "
+                             "sample).")
     return w.astype(dtype)
 
 
-def _stats_checked(stats, n_features: int, covariance_type: str) -> EStepStats:
-    """Validated :class:`EStepStats` for ``covariance_type`` and ``n_features``."""
+def _stats_checked(stats, covariance_type: str, data_features: int | None = None) -> EStepStats:
+    """Validated :class:`EStepStats` for ``covariance_type``, its shapes consistent among
+    themselves (``n_features`` from ``sum_z``). ``data_features`` (the column count of the data,
+    not enforced here) only decides whether to blame ``sum_z`` when it alone disagrees."""
     if not isinstance(stats, EStepStats):
         raise ValueError(f"stats must be an EStepStats (from e_step); got {type(stats).__name__}.")
     nk = array("stats.nk", stats.nk)
     check_ndim("stats.nk", nk, 1, "a vector of shape (n_components,)")
-    K, d = nk.shape[0], n_features
+    K = nk.shape[0]
     sum_z = array("stats.sum_z", stats.sum_z)
-    check_shape("stats.sum_z", sum_z, (K, d))
+    check_ndim("stats.sum_z", sum_z, 2, "an array of shape (n_components, n_features)")
+    d = sum_z.shape[1]
     sum_zz = array("stats.sum_zz", stats.sum_zz)
-    want = {"full": (K, d, d), "tied": (d, d)}.get(covariance_type, (K, d))
-    check_shape("stats.sum_zz", sum_zz, want, f"for covariance_type={covariance_type!r}")
+    centre = array("stats.weighted_centre", stats.weighted_centre)
+
+    def zz_shape(n_features):
+        return {"full": (K, n_features, n_features), "tied": (n_features, n_features)}.get(covariance_type,
+                                                                                             (K, n_features))
+
+    if (data_features not in (None, d) and sum_zz.shape == zz_shape(data_features)
+            and centre.shape == (data_features,)):
+        raise ValueError(f"stats.sum_z must have shape {(K, data_features)} to match x, stats.sum_zz and "
+                         f"stats.weighted_centre; got {sum_z.shape}.")
+    check_shape("stats.sum_z", sum_z, (K, d))
+    check_shape("stats.sum_zz", sum_zz, zz_shape(d), f"for covariance_type={covariance_type!r}")
     total = array("stats.total_weight", stats.total_weight)
     check_shape("stats.total_weight", total, ())
-    for field, value in (("nk", nk), ("sum_z", sum_z), ("sum_zz", sum_zz), ("total_weight", total)):
+    check_shape("stats.weighted_centre", centre, (d,), "total_weight times the centre")
+    for field, value in (("nk", nk), ("sum_z", sum_z), ("sum_zz", sum_zz), ("total_weight", total),
+                         ("weighted_centre", centre)):
         check_finite(f"stats.{field}", value)
     if is_concrete(nk) and np.any(np.asarray(nk) < 0):
         raise ValueError("stats.nk must be non-negative (it sums responsibilities).")
-    return EStepStats(nk, sum_z, sum_zz, total)
+    if is_concrete(total) and not float(total) > 0:
+        raise ValueError(f"stats.total_weight must be positive (it sums sample weights); got {float(total):.3g}.")
+    return EStepStats(nk, sum_z, sum_zz, total, centre)
 
 
 # --------------------------------------------------------------------------------------
@@ -384,9 +443,18 @@ def _prepare(params: GMMParams, x: Array, centre: Array | None = None):
 # --------------------------------------------------------------------------------------
 
 
+def _n_columns(x) -> int | None:
+    """The column count of a would-be data matrix, or None (a hint for blaming the right argument)."""
+    try:
+        shape = np.shape(x)
+    except (ValueError, TypeError):
+        return None
+    return shape[1] if len(shape) == 2 else None
+
+
 def _inputs(params, x, *, n_components: bool = False) -> tuple[GMMParams, Array]:
     """Validated ``(params, x)``; with ``n_components`` also ``n_samples >= n_components``."""
-    params = _params(params)
+    params = _params(params, data_features=_n_columns(x))
     x = _data(x, n_features=params.n_features, n_components=params.n_components if n_components else None)
     return params, x
 
@@ -431,24 +499,31 @@ def _e_step(params, z, u, centre, sample_weight):
     resp = jnp.exp(weighted - log_norm[:, None])
     w = jnp.ones_like(log_norm) if sample_weight is None else sample_weight
     loglik = jnp.sum(w * log_norm) / jnp.sum(w)
-    return _stats(resp, z, u, w, params.covariance_type), loglik
+    return _stats(resp, z, u, w, params.covariance_type, centre), loglik
 
 
-def _stats(resp, z, u, w, covariance_type) -> EStepStats:
-    """Weighted sufficient statistics of responsibilities ``resp`` for centred data ``z``
-    (``u`` its quadratic features, used by full and tied covariances)."""
+def _stats(resp, z, u, w, covariance_type, centre) -> EStepStats:
+    """Weighted sufficient statistics of responsibilities ``resp`` for data centred at
+    ``centre``, ``z = x - centre`` (``u`` its quadratic features, used by full and tied
+    covariances)."""
     rw = resp * w[:, None]
+    total = jnp.sum(w)
     if covariance_type == "full":
         sum_zz = _unpack_symmetric(jnp.dot(rw.T, u, precision=HIGHEST), z.shape[1])
     elif covariance_type == "tied":
         sum_zz = _unpack_symmetric(jnp.dot(w, u, precision=HIGHEST), z.shape[1])
     else:
         sum_zz = jnp.dot(rw.T, z * z, precision=HIGHEST)
-    return EStepStats(jnp.sum(rw, axis=0), jnp.dot(rw.T, z, precision=HIGHEST), sum_zz, jnp.sum(w))
+    return EStepStats(jnp.sum(rw, axis=0), jnp.dot(rw.T, z, precision=HIGHEST), sum_zz, total,
+                      (total * centre).astype(z.dtype))
 
 
-def _m_step(stats: EStepStats, covariance_type: str, reg_covar: float, centre: Array) -> GMMParams:
+def _m_step(stats: EStepStats, covariance_type: str, reg_covar: float, centre: Array | None = None) -> GMMParams:
+    """The M-step from ``stats``; ``centre`` (when the caller holds it exactly) overrides the
+    one the statistics carry, ``weighted_centre / total_weight``."""
     dtype = stats.sum_z.dtype
+    if centre is None:
+        centre = (stats.weighted_centre / stats.total_weight).astype(dtype)
     nk = stats.nk + 10 * jnp.finfo(dtype).eps  # as scikit-learn, so empty components stay finite
     m = stats.sum_z / nk[:, None]
     d = m.shape[1]
@@ -464,23 +539,24 @@ def _m_step(stats: EStepStats, covariance_type: str, reg_covar: float, centre: A
     return GMMParams(nk / jnp.sum(nk), m + centre, covs, covariance_type)
 
 
+def _mixture_mean(params: GMMParams) -> Array:
+    r""":math:`\sum_k C_k \mu_k`: the centre of :func:`e_step`'s statistics, a function of the
+    parameters only, so that minibatches evaluated with the same parameters share it."""
+    return jnp.dot(params.weights, params.means, precision=HIGHEST)
+
+
 def _e_step_x(params, x, sample_weight):
-    z, u, centre = _prepare(params, x)
+    z, u, centre = _prepare(params, x, _mixture_mean(params))
     return _e_step(params, z, u, centre, sample_weight)
 
 
-def _m_step_x(stats, x, covariance_type, reg_covar):
-    return _m_step(stats, covariance_type, reg_covar, jnp.mean(x, axis=0))
-
-
 def _em_step_x(params, x, reg_covar, sample_weight):
-    z, u, centre = _prepare(params, x)
-    stats, loglik = _e_step(params, z, u, centre, sample_weight)
-    return _m_step(stats, params.covariance_type, reg_covar, centre), loglik
+    stats, loglik = _e_step_x(params, x, sample_weight)
+    return _m_step(stats, params.covariance_type, reg_covar), loglik
 
 
 _jit_e_step = jax.jit(_e_step_x)
-_jit_m_step = jax.jit(_m_step_x, static_argnums=(2,))
+_jit_m_step = jax.jit(_m_step, static_argnums=(1,))
 _jit_em_step = jax.jit(_em_step_x)
 
 
@@ -488,8 +564,15 @@ def e_step(params: GMMParams, x: ArrayLike, sample_weight: ArrayLike | None = No
     r"""E-step: responsibilities (Eq. (3.51)) reduced to sufficient statistics, and the mean
     log-likelihood :math:`\frac1N\sum_i w_i \ln p(x_i)` of ``params``.
 
-    The statistics are centred at the data mean (``sum_z`` and ``sum_zz`` are of
-    :math:`z = x - \bar x`); :func:`m_step` takes the same ``x`` to undo the shift.
+    The statistics (see :class:`EStepStats`) are sums over the samples of
+    :math:`z = x - c`, centred at the mixture mean :math:`c = \sum_k C_k \mu_k` of
+    ``params`` and carrying it as ``weighted_centre`` :math:`= c\sum_i w_i`. They are
+    additive: for minibatches ``x_1, x_2, ...`` of the data, each passed through ``e_step``
+    with the same ``params``, ``jax.tree.map(jnp.add, s_1, s_2, ...)`` equals (up to float
+    rounding) the statistics of the whole data, and :func:`m_step` gives the same parameters
+    from either. (The mean log-likelihoods are per batch: combine them weighted by
+    ``total_weight``.) Float32 sums stay accurate for data far from the origin as long as the
+    parameters are near the data, :math:`\lVert x - c\rVert` of the order of the spread.
     ``sample_weight``: optional ``(n,)`` weights, finite and >= 0 with a positive sum.
     """
     params, x = _inputs(params, x)
@@ -497,18 +580,30 @@ def e_step(params: GMMParams, x: ArrayLike, sample_weight: ArrayLike | None = No
 
 
 def m_step(stats: EStepStats, x: ArrayLike, covariance_type: str = "full", reg_covar: float = 1e-6) -> GMMParams:
-    r"""M-step (Eq. (3.53), (3.55), (3.57)) from :func:`e_step` statistics of the same ``x``:
+    r"""M-step (Eq. (3.53), (3.55), (3.57)) from :func:`e_step` statistics, possibly summed
+    over minibatches (see :class:`EStepStats`): with :math:`c` = ``weighted_centre /
+    total_weight`` and :math:`m_k` = ``sum_z[k] / N_k``,
 
-    .. math:: C_k = \frac{N_k}{N},\quad \mu_k = \frac{1}{N_k}\sum_i r_{ik}x_i,\quad
-              \Sigma_k = \frac1{N_k}\sum_i r_{ik}(x_i-\mu_k)(x_i-\mu_k)^\top + \text{reg\_covar}\, I
+    .. math:: C_k = \frac{N_k}{\sum_l N_l},\quad \mu_k = c + m_k = \frac{1}{N_k}\sum_i r_{ik}x_i,\quad
+              \Sigma_k = \frac{\texttt{sum\_zz}_k}{N_k} - m_k m_k^\top + \text{reg\_covar}\, I
+              = \frac1{N_k}\sum_i r_{ik}(x_i-\mu_k)(x_i-\mu_k)^\top + \text{reg\_covar}\, I
 
-    (diag: the diagonal; spherical: its mean; tied: one pooled covariance). ``reg_covar``
-    must be finite and >= 0.
+    (diag: the diagonal; spherical: its mean; tied: one pooled covariance). The result
+    depends on ``stats`` only: ``x`` is kept for compatibility and checked, not used. It must
+    be a finite ``(n, d)`` data matrix with the statistics' ``d`` features (any part of the
+    data, e.g. the last minibatch). ``reg_covar`` must be finite and >= 0.
+
+    Raises:
+      ValueError: naming ``stats`` (not an :class:`EStepStats`, shapes inconsistent among
+        themselves or with ``covariance_type``, non-finite values, ``total_weight`` not
+        positive), ``x`` (wrong number of features, not finite), ``covariance_type`` or
+        ``reg_covar``.
     """
     covariance_type = choice("covariance_type", covariance_type, COVARIANCE_TYPES)
-    x = _data(x)
-    stats = _stats_checked(stats, x.shape[1], covariance_type)
-    return _jit_m_step(stats, x, covariance_type, regulariser("reg_covar", reg_covar))
+    stats = _stats_checked(stats, covariance_type, data_features=_n_columns(x))
+    d = stats.sum_z.shape[1]
+    _data(x, n_features=d, match=f"stats (stats.sum_z has shape {tuple(stats.sum_z.shape)})")  # checked, not used
+    return _jit_m_step(stats, covariance_type, regulariser("reg_covar", reg_covar))
 
 
 def em_step(params: GMMParams, x: ArrayLike, reg_covar: float = 1e-6,
@@ -516,12 +611,14 @@ def em_step(params: GMMParams, x: ArrayLike, reg_covar: float = 1e-6,
     """One EM iteration. Returns ``(new_params, loglik)`` with ``loglik`` the mean
     log-likelihood of the *input* ``params`` (scikit-learn's lower bound).
 
-    Needs ``n_samples >= n_components``; ``reg_covar`` finite and >= 0; ``sample_weight`` as
-    in :func:`e_step`.
+    Needs ``n_samples >= n_components`` (counting positively weighted samples); ``reg_covar``
+    finite and >= 0; ``sample_weight`` as in :func:`e_step`. Equals
+    ``m_step(e_step(params, x)[0], x, ...)``.
     """
     params, x = _inputs(params, x, n_components=True)
     reg_covar = regulariser("reg_covar", reg_covar)
-    return _jit_em_step(params, x, reg_covar, _sample_weight(sample_weight, x.shape[0], x.dtype))
+    sample_weight = _sample_weight(sample_weight, x.shape[0], x.dtype, params.n_components)
+    return _jit_em_step(params, x, reg_covar, sample_weight)
 
 
 def em(params: GMMParams, x: Array, *, max_iter: int = 100, tol: float = 1e-3, reg_covar: float = 1e-6,
@@ -539,7 +636,7 @@ def em(params: GMMParams, x: Array, *, max_iter: int = 100, tol: float = 1e-3, r
       max_iter: a positive integer (static).
       tol: finite, >= 0.
       reg_covar: finite, >= 0.
-      sample_weight: as in :func:`e_step`.
+      sample_weight: as in :func:`e_step`, with at least ``n_components`` positive entries.
 
     Returns:
       ``(params, history, n_iter, converged)`` with ``history`` ``(max_iter,)`` holding the
@@ -549,7 +646,7 @@ def em(params: GMMParams, x: Array, *, max_iter: int = 100, tol: float = 1e-3, r
     max_iter = count("max_iter", max_iter)
     tol = finite_scalar("tol", tol, minimum=0.0)
     reg_covar = regulariser("reg_covar", reg_covar)
-    sample_weight = _sample_weight(sample_weight, x.shape[0], x.dtype)
+    sample_weight = _sample_weight(sample_weight, x.shape[0], x.dtype, params.n_components)
     return _jit_em_one(params, x, max_iter, tol, reg_covar, sample_weight)
 
 
@@ -682,6 +779,7 @@ def sample(key: PRNGKey, params: GMMParams, n: int) -> tuple[Array, Array]:
     Returns:
       ``(x (n, d), components (n,))``.
     """
+    key = prng_key("key", key)
     return _jit_sample(key, _params(params), count("n", n))
 
 
@@ -764,12 +862,13 @@ def initialize(key: PRNGKey, x: Array, n_components: int, covariance_type: str =
 
     ``x``, ``n_components``, ``reg_covar`` and ``sample_weight`` are validated as in :func:`fit`.
     """
+    key = prng_key("key", key)
     n_components = count("n_components", n_components)
     covariance_type = choice("covariance_type", covariance_type, COVARIANCE_TYPES)
     init = choice("init", init, INIT_METHODS)
     x = _data(x, n_components=n_components)
     reg_covar = regulariser("reg_covar", reg_covar)
-    sample_weight = _sample_weight(sample_weight, x.shape[0], x.dtype)
+    sample_weight = _sample_weight(sample_weight, x.shape[0], x.dtype, n_components)
     return _jit_initialize_one(key, x, n_components, covariance_type, init, reg_covar, sample_weight)
 
 
@@ -790,7 +889,7 @@ def _initialize(key, x, n_components, covariance_type, init, reg_covar, sample_w
     z = x - centre
     u = _quadratic_features(z) if covariance_type in ("full", "tied") else None
     w = jnp.ones((n,), x.dtype) if sample_weight is None else sample_weight
-    return _m_step(_stats(resp, z, u, w, covariance_type), covariance_type, reg_covar, centre)
+    return _m_step(_stats(resp, z, u, w, covariance_type, centre), covariance_type, reg_covar, centre)
 
 
 _jit_initialize_one = jax.jit(_initialize, static_argnums=(2, 3, 4))
@@ -817,7 +916,8 @@ def fit(key: PRNGKey, x: ArrayLike, n_components: int, *, covariance_type: str =
       tol: stop when the change in mean log-likelihood is below ``tol`` (>= 0; 0 runs all
         ``max_iter`` iterations), as scikit-learn.
       reg_covar: added to the covariance diagonals (>= 0).
-      sample_weight: optional non-negative ``(n_samples,)`` weights.
+      sample_weight: optional non-negative ``(n_samples,)`` weights, at least
+        ``n_components`` of them positive.
 
     Returns:
       ``(params, FitInfo)``.
@@ -826,6 +926,7 @@ def fit(key: PRNGKey, x: ArrayLike, n_components: int, *, covariance_type: str =
       ValueError: on bad input, or when a component collapses (non-finite parameters),
         naming ``reg_covar``.
     """
+    key = prng_key("key", key)
     covariance_type = choice("covariance_type", covariance_type, COVARIANCE_TYPES)
     n_components = count("n_components", n_components)
     x = _data(x, n_components=n_components)
@@ -834,7 +935,7 @@ def fit(key: PRNGKey, x: ArrayLike, n_components: int, *, covariance_type: str =
     tol = finite_scalar("tol", tol, minimum=0.0)
     reg_covar = regulariser("reg_covar", reg_covar)
     n_init = count("n_init", n_init)
-    sample_weight = _sample_weight(sample_weight, n, x.dtype)
+    sample_weight = _sample_weight(sample_weight, n, x.dtype, n_components)
 
     if isinstance(init, GMMParams):
         if n_init != 1:
