@@ -258,7 +258,7 @@ def test_run_chains_matches_a_vmap_of_run_chain(rng):
     np.testing.assert_array_equal(trace, np.concatenate(want_traces, axis=1))
     np.testing.assert_array_equal(final.x, want_states.x)
     assert trace.shape == (6, 4, 8)
-    with pytest.raises(ValueError, match="multiple of the number of devices"):
+    with pytest.raises(ValueError, match="^devices .*repeat"):  # one device listed 4 times is not 4 devices
         mcmc.run_chains(jax.random.key(0), algo, states, 4, devices=[jax.devices()[0]] * 4)
     with pytest.raises(ValueError, match="leading chain axis"):
         mcmc.run_chains(jax.random.key(0), algo, algo.init(jnp.ones(8))._replace(log_weight=1.0), 4)
@@ -434,7 +434,7 @@ def test_counts_ladders_and_schedules_are_validated(rng):
     with pytest.raises(ValueError, match="^num_chains"):
         mcmc.pcd_fit_ising(jax.random.key(0), params, data, optax.sgd(0.1), 2, betas=[0.5, 1.0], num_chains=0)
     for chains, match in ((np.ones((4, 2, 5)), "must have shape"), (np.zeros((8, 2, 5)), "must hold"),
-                          (np.ones((8, 5)), "must be spins of shape")):
+                          (np.ones((8, 5)), r"must have shape \(num_chains, len\(betas\), n\) = \(8, 2, 5\)")):
         with pytest.raises(ValueError, match=f"^chains .*{match}"):
             mcmc.pcd_fit_ising(jax.random.key(0), params, data, optax.sgd(0.1), 2, betas=[0.5, 1.0], num_chains=8,
                                chains=chains)
@@ -671,3 +671,108 @@ def test_run_chains_records_the_positions_by_default(rng):
     assert trace.shape == (4, 3, 8)
     with pytest.raises(ValueError, match="default trace_fn records state.x"):
         mcmc.trace_positions((jnp.ones(3),), None)
+
+
+# --------------------------------------------------------------------------------------
+# Bad input in mcmc: clear ValueErrors naming the argument, never a silent wrong answer
+# --------------------------------------------------------------------------------------
+
+
+def _binary_init(key):  # {0, 1}, not +-1: a wrong start
+    return jax.random.bernoulli(key, 0.5, (4,)).astype(jnp.float32)
+
+
+def _spin_init(key):
+    return jax.random.rademacher(key, (4,), jnp.float32)
+
+
+def test_ais_checks_what_a_user_init_fn_returns(rng):
+    params, h, J = _ising(rng, 4, scale=0.5)
+    make = functools.partial(_heat_bath_at, params)
+    kw = {"num_chains": 512, "num_temps": 50, "make_algorithm": make, "log_z0": 4 * np.log(2.0)}
+    # traced under jit, the {0, 1} start would be annealed from silently, to a wrong log Z
+    with pytest.raises(ValueError, match=r"^init_fn must return a valid start.*position must hold spins"):
+        mcmc.ais_log_partition(jax.random.key(0), None, init_fn=_binary_init, **kw)
+    for bad, match in ((lambda k: jnp.ones(5), "^init_fn must return a valid start.*5"),
+                       (lambda k: jnp.full((4,), jnp.nan), r"^init_fn\(key\) contains 4 NaN"),
+                       (lambda k: 1 / 0, "^init_fn must be a function key -> position.*ZeroDivisionError")):
+        with pytest.raises(ValueError, match=match):
+            mcmc.ais_log_partition(jax.random.key(0), None, init_fn=bad, **kw)
+    with pytest.raises(ValueError, match="^make_algorithm must return a SamplingAlgorithm"):
+        mcmc.ais_log_partition(jax.random.key(0), None, **{**kw, "make_algorithm": lambda b: 3}, init_fn=_spin_init)
+    # a good init_fn still works, eagerly and under the caller's jit (the check draws on its own key)
+    res = mcmc.ais_log_partition(jax.random.key(0), None, init_fn=_spin_init, **kw)
+    _assert_ais_within_its_stderr(res, reference.ising_log_z(h, J), 512)
+    jitted = jax.jit(lambda k: mcmc.ais_log_partition(k, None, init_fn=_spin_init, **kw).log_z)(jax.random.key(0))
+    np.testing.assert_allclose(jitted, res.log_z, rtol=1e-5)
+    with pytest.raises(ValueError, match="^init_fn must return a valid start"):  # shapes are checked under jit too
+        jax.jit(lambda k: mcmc.ais_log_partition(k, None, init_fn=lambda k: jnp.ones(5), **kw).log_z)(
+            jax.random.key(0))
+
+
+def test_ais_num_temps_and_betas_must_agree(rng):
+    params = _numpy_ising(rng, 4)
+    betas = jnp.array([0.0, 0.5, 1.0])
+    for num_temps, match in ((-3, "^num_temps must be an integer >= 2"), (5, r"^num_temps \(5\) disagrees with betas")):
+        with pytest.raises(ValueError, match=match):
+            mcmc.ais_log_partition(jax.random.key(0), params, num_chains=4, betas=betas, num_temps=num_temps)
+    a = mcmc.ais_log_partition(jax.random.key(0), params, num_chains=4, betas=betas, num_temps=3)
+    b = mcmc.ais_log_partition(jax.random.key(0), params, num_chains=4, betas=betas)
+    np.testing.assert_array_equal(a.log_weights, b.log_weights)
+
+
+def test_autocorrelation_axis_is_validated():
+    x = np.random.default_rng(0).normal(size=(5, 10))
+    for axis, match in ((2, r"in \[-2, 2\)"), (-3, r"in \[-2, 2\)"), (True, "integer axis"), (1.5, "integer axis")):
+        with pytest.raises(ValueError, match=f"^axis must be .*{match}"):
+            mcmc.autocorrelation(x, axis=axis)
+    np.testing.assert_array_equal(mcmc.autocorrelation(x, axis=np.int64(-1)), mcmc.autocorrelation(x, axis=1))
+
+
+def test_generic_metropolis_refuses_bad_block_size_and_log_weights():
+    with pytest.raises(ValueError, match="^block_size must be an integer >= 1"):
+        mcmc.metropolis(lambda x: -jnp.sum(x), block_size=-5)
+    mcmc.metropolis(lambda x: -jnp.sum(x), block_size=4)  # a valid one is accepted (and unused)
+    with pytest.raises(ValueError, match=r"^log_weight_fn\(position\) must be finite"):
+        mcmc.metropolis(lambda x: jnp.nan * jnp.sum(x)).init(jnp.ones(4))
+    with pytest.raises(ValueError, match=r"^log_weight_fn must return a scalar.*\(1,\)"):
+        mcmc.metropolis(lambda x: jnp.sum(x, keepdims=True)).init(jnp.ones(4))
+    algo = mcmc.metropolis(lambda x: -jnp.sum(x))
+    states = jax.vmap(algo.init)(jnp.ones((2, 4)))  # traced: the values are not checked, shapes are
+    assert states.log_weight.shape == (2,)
+
+
+def test_run_chain_and_run_chains_refuse_bad_states_devices_and_trace_fn(rng):
+    params = _numpy_ising(rng, 4)
+    algo = mcmc.heat_bath(params)
+    states = jax.vmap(algo.init)(jnp.ones((2, 4)))
+    cpu = jax.devices()[0]
+    for devices, match in ((["a", "b"], "jax devices"), ([cpu, cpu], "repeat"), ([], "at least one device"),
+                           (3, "sequence")):
+        with pytest.raises(ValueError, match=f"^devices .*{match}"):
+            mcmc.run_chains(jax.random.key(0), algo, states, 2, devices=devices)
+    with pytest.raises(ValueError, match=r"^state must be a state of the algorithm, from algorithm\.init\(position\)"):
+        mcmc.run_chain(jax.random.key(0), algo, jnp.ones(4), 2)
+    with pytest.raises(ValueError, match=r"^states must be a state of the algorithm, from algorithm\.init"):
+        mcmc.run_chains(jax.random.key(0), algo, jnp.ones((2, 4)), 2)
+    with pytest.raises(ValueError, match="^trace_fn must be a function"):
+        mcmc.run_chain(jax.random.key(0), algo, algo.init(jnp.ones(4)), 2, trace_fn=3)
+    with pytest.raises(ValueError, match="^trace_fn must be a function"):
+        mcmc.run_chains(jax.random.key(0), algo, states, 2, trace_fn=3)
+
+
+def test_rbm_gibbs_precision_is_validated_when_built(rng):
+    params = _rbm_params(rng)
+    for bad in ("foo", 3, ["high", "high"]):
+        with pytest.raises(ValueError, match="^precision must be a matmul precision"):
+            mcmc.rbm_gibbs(params, precision=bad)
+    with pytest.raises(ValueError, match="^precision must be a matmul precision"):
+        mcmc.rbm_gibbs_init(jax.random.key(0), params, jnp.ones(6), precision="foo")
+    for good in (None, lax.Precision.HIGH, "highest", "float32", "tensorfloat32", "bfloat16", ("high", "highest")):
+        algo = mcmc.rbm_gibbs(params, precision=good)
+        algo.step(jax.random.key(1), algo.init(jnp.ones(6), jax.random.key(0)))
+
+
+def test_replica_exchange_checks_what_make_algorithm_returns(rng):
+    with pytest.raises(ValueError, match=r"^make_algorithm must return a SamplingAlgorithm.*type int"):
+        mcmc.replica_exchange(lambda b: 3, jnp.array([0.5, 1.0])).init(jnp.ones((2, 4)))

@@ -1,7 +1,13 @@
 """Argument checks shared by the samplers of :mod:`jaxebm.mcmc` (package-internal): inverse
-temperatures, block sizes, starting spins, and the values of states built under ``vmap``."""
+temperatures, block sizes, starting spins, the values of states built under ``vmap``, matmul
+precisions, axes and the samplers that user functions return."""
 
 from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
 
 from jaxebm._validation import check_finite, check_spins, count, finite_scalar, is_concrete, spins
 
@@ -40,3 +46,37 @@ def check_positions(name: str, state) -> None:
             continue
         check_finite(label, x)
         check_spins(label, x)
+
+
+def check_algorithm(name: str, algorithm, what: str):
+    """``algorithm`` must be a ``SamplingAlgorithm(init, step)`` (duck-typed: callable ``init``
+    and ``step``); ``what`` says where it came from (e.g. ``"make_algorithm(beta)"``)."""
+    if not (callable(getattr(algorithm, "init", None)) and callable(getattr(algorithm, "step", None))):
+        raise ValueError(f"{name} must return a SamplingAlgorithm(init, step); {what} returned a value of "
+                         f"type {type(algorithm).__name__}.")
+    return algorithm
+
+
+def check_axis(name: str, axis, ndim: int) -> int:
+    """An axis of an array of rank ``ndim``: a Python or NumPy integer (not a bool) in
+    ``[-ndim, ndim)``, returned non-negative."""
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise ValueError(f"{name} must be an integer axis; got {axis!r}.")
+    axis = int(axis)
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name} must be in [-{ndim}, {ndim}) for an array of {ndim} dimension(s); got {axis}.")
+    return axis % ndim
+
+
+def check_precision(precision):
+    """A matmul precision that ``jax.lax`` accepts (None, a ``lax.Precision``, its names such as
+    ``'highest'``, ``'float32'``, ``'tensorfloat32'``, ``'bfloat16'``, a pair of those, or a
+    ``lax.DotAlgorithmPreset``): checked by tracing a 1 x 1 product (no compilation)."""
+    try:
+        jax.eval_shape(lambda: jnp.matmul(jnp.ones((1, 1), jnp.float32), jnp.ones((1, 1), jnp.float32),
+                                          precision=precision))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"precision must be a matmul precision accepted by jax.lax (None, a lax.Precision such as "
+                         f"lax.Precision.HIGHEST, a name such as 'highest', 'high', 'default', 'float32', "
+                         f"'tensorfloat32' or 'bfloat16', or a lax.DotAlgorithmPreset); got {precision!r}.") from err
+    return precision

@@ -25,8 +25,9 @@ from jax import lax
 
 from jaxebm import ising
 from jaxebm import rbm as rbm_module
-from jaxebm._validation import count, finite_scalar, schedule
+from jaxebm._validation import check_finite, count, finite_scalar, is_concrete, prng_key, schedule
 from jaxebm.ising import IsingParams
+from jaxebm.mcmc._checks import check_algorithm
 from jaxebm.mcmc.colour import is_graph_params
 from jaxebm.mcmc.gibbs import heat_bath, rbm_gibbs
 from jaxebm.rbm import RBMParams
@@ -41,7 +42,7 @@ class AISResult(NamedTuple):
     ess: jax.Array  # scalar effective sample size of the weights
 
 
-def ais_log_partition(key, target, *, num_chains: int = 1000, num_temps: int = 1000, betas=None,
+def ais_log_partition(key, target, *, num_chains: int = 1000, num_temps: int | None = None, betas=None,
                       sweeps_per_temp: int = 1, make_algorithm: Callable | None = None,
                       init_fn: Callable | None = None, log_z0: float | None = None) -> AISResult:
     """AIS estimate of log Z with its standard error.
@@ -52,15 +53,21 @@ def ais_log_partition(key, target, *, num_chains: int = 1000, num_temps: int = 1
         heat bath), ``RBMParams`` (block Gibbs on (x, z)), or None with ``make_algorithm``,
         ``init_fn`` and ``log_z0`` given.
       num_chains: independent annealing runs (vmapped).
-      num_temps: number of intermediate temperatures (a schedule linear in beta**4 puts more
+      num_temps: number of temperatures (default 1000; a schedule linear in beta**4 puts more
         of them near beta = 0, where the distribution changes fastest), unless ``betas``.
-      betas: explicit increasing schedule from 0 to 1.
+      betas: explicit increasing schedule from 0 to 1. Given with ``num_temps``, the two must
+        agree (``num_temps == len(betas)``; ``ValueError`` otherwise): neither is ignored.
       sweeps_per_temp: transitions per temperature.
       make_algorithm: ``beta -> SamplingAlgorithm`` whose states carry ``log_weight``.
       init_fn: ``key -> position`` drawn exactly from the beta = 0 distribution. Each chain
         starts at ``make_algorithm(0.0).init(init_fn(k0), k1)`` with its own keys, so a
         state holding more than the position (the hidden units of an RBM) is completed by a
-        draw from the beta = 0 conditional: every target is treated alike.
+        draw from the beta = 0 conditional: every target is treated alike. When ``init_fn`` or
+        ``make_algorithm`` is given, one such start is built eagerly before the compiled work
+        (one draw, outside jit), so that the sampler's ``init`` checks the position (e.g. +-1
+        spins of the right shape) and the state's ``log_weight`` is checked to be a finite
+        scalar: a ``ValueError`` naming ``init_fn`` (or ``make_algorithm``) otherwise, instead of
+        a silently wrong estimate from starts the jitted ``init`` could not check.
       log_z0: log partition function at beta = 0.
 
     Validation: ``num_chains >= 2`` (the standard error needs two chains), ``num_temps >= 2``
@@ -72,6 +79,7 @@ def ais_log_partition(key, target, *, num_chains: int = 1000, num_temps: int = 1
     on the ``make_algorithm`` / ``init_fn`` function objects (pass the same objects, not fresh
     lambdas, to reuse the program). Same key, same result.
     """
+    key = prng_key("key", key)
     num_chains = count("num_chains", num_chains, minimum=2)
     sweeps_per_temp = count("sweeps_per_temp", sweeps_per_temp)
     if make_algorithm is not None and not callable(make_algorithm):
@@ -83,13 +91,56 @@ def ais_log_partition(key, target, *, num_chains: int = 1000, num_temps: int = 1
     if target is None and (make_algorithm is None or init_fn is None or log_z0 is None):
         raise ValueError("target must be IsingParams or RBMParams, or give make_algorithm, init_fn and log_z0.")
     log_z0 = default_log_z0 if log_z0 is None else finite_scalar("log_z0", log_z0)
-    if betas is None:
+    if num_temps is not None:
         num_temps = count("num_temps", num_temps, minimum=2)
-        betas = jnp.linspace(0.0, 1.0, num_temps) ** 4
+    if betas is None:
+        betas = jnp.linspace(0.0, 1.0, 1000 if num_temps is None else num_temps) ** 4
     else:
         betas = schedule("betas", betas, start=0.0, end=1.0)
+        if num_temps is not None and num_temps != betas.shape[0]:
+            raise ValueError(f"num_temps ({num_temps}) disagrees with betas ({betas.shape[0]} temperatures); give "
+                             "only betas, or a num_temps equal to len(betas).")
+    if make_algorithm is not None or init_fn is not None:
+        _check_start(key, target, make_algorithm, init_fn)
     return _ais(key, target, betas, log_z0, make_algorithm=make_algorithm, init_fn=init_fn, num_chains=num_chains,
                 sweeps_per_temp=sweeps_per_temp)
+
+
+def _check_start(key, target, make_algorithm, init_fn) -> None:
+    """Builds one beta = 0 start eagerly, as every chain of :func:`_ais` does under jit, so that
+    the sampler's ``init`` checks the values ``init_fn`` draws (under jit it sees tracers and
+    cannot): one draw on concrete keys, no compilation of the annealing."""
+    default_make, default_init = _default_model(target)
+    make_algorithm, init_fn = make_algorithm or default_make, init_fn or default_init
+    with jax.ensure_compile_time_eval():  # concrete even when this call is traced (an outer jit)
+        if not is_concrete(key):  # a key of the same kind: the values of one check draw do not matter
+            typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+            key = jax.random.key(0) if typed else jax.random.PRNGKey(0)
+        k0, _ = jax.random.split(key)
+        algorithm = check_algorithm("make_algorithm", make_algorithm(0.0), "make_algorithm(0.0)")
+        try:
+            position = init_fn(k0)
+        except Exception as err:
+            raise ValueError(f"init_fn must be a function key -> position; init_fn(key) raised "
+                             f"{type(err).__name__}: {err}") from err
+        for leaf in jax.tree_util.tree_leaves(position):  # NaN starts, whatever init then does with them
+            if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+                check_finite("init_fn(key)", leaf)
+        try:
+            state = algorithm.init(position, jax.random.fold_in(k0, 1))
+        except ValueError as err:
+            raise ValueError(f"init_fn must return a valid start of make_algorithm(0.0).init; the position it "
+                             f"returned was refused: {err}") from err
+    log_weight = getattr(state, "log_weight", None)
+    if log_weight is None:
+        raise ValueError(f"make_algorithm must build samplers whose states carry log_weight (the log weight at "
+                         f"beta = 1); a {type(state).__name__} has none.")
+    if jnp.shape(log_weight) != ():
+        raise ValueError(f"make_algorithm must build samplers whose state.log_weight is a scalar; got shape "
+                         f"{jnp.shape(log_weight)}.")
+    if is_concrete(log_weight) and not np.isfinite(np.asarray(log_weight)):  # numpy: no staging under jit
+        raise ValueError(f"init_fn must return starts of finite log weight; make_algorithm(0.0).init(init_fn(key)) "
+                         f"has log_weight {float(log_weight)}.")
 
 
 def _validate_target(target):

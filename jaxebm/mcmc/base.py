@@ -15,7 +15,9 @@ Chains are a ``vmap`` over keys and states; steps are a ``lax.scan`` over split 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -23,7 +25,7 @@ import jax
 import numpy as np
 from jax import lax
 
-from jaxebm._validation import count
+from jaxebm._validation import count, device_tuple, prng_key
 from jaxebm.mcmc._checks import check_positions
 from jaxebm.types import PRNGKey
 
@@ -80,14 +82,24 @@ def run_chain(key: PRNGKey, algorithm: SamplingAlgorithm, state, num_steps: int,
       default of shape ``(num_steps // thin, n)`` (``(num_steps // thin, R, n)`` for replica
       exchange). For many chains, ``jax.vmap`` this over keys and states.
 
-    ``num_steps``, ``thin`` and ``num_chunks`` are positive integer counts (``ValueError``
-    otherwise). The spins of a jaxebm sampler state (``SpinState``, ``MetropolisState``,
-    ``RBMState``, ``ReplicaExchangeState``) must be finite and +-1: checked here when concrete, since a
-    start built by ``jax.vmap(algorithm.init)`` was traced inside ``init``.
+    ``num_steps``, ``thin`` and ``num_chunks`` are positive integer counts and ``trace_fn`` a
+    function or None (``ValueError`` otherwise). ``state`` must be a state of ``algorithm``:
+    a bare array of spins (a position, not a state) gives a ``ValueError`` naming ``state``
+    that says to call ``algorithm.init(position)``. The spins of a jaxebm sampler state
+    (``SpinState``, ``MetropolisState``, ``RBMState``, ``ReplicaExchangeState``) must be finite
+    and +-1: checked here when concrete, since a start built by ``jax.vmap(algorithm.init)``
+    was traced inside ``init``.
     """
+    key = prng_key("key", key)
     num_steps, thin, num_chunks = _check_steps(algorithm, num_steps, thin, num_chunks)
+    trace_fn = _check_trace_fn(trace_fn)
     check_positions("state", state)
-    trace_fn = trace_fn or trace_positions
+    with _state_hint("state", state):
+        return _run_chain(key, algorithm, state, num_steps, thin, trace_fn, num_chunks, progress)
+
+
+def _run_chain(key, algorithm, state, num_steps, thin, trace_fn, num_chunks=1, progress=False):
+    """The body of :func:`run_chain`, on checked arguments."""
 
     def one_record(state, key):
         def inner(state, key):
@@ -133,8 +145,9 @@ def run_chains(key: PRNGKey, algorithm: SamplingAlgorithm, states, num_steps: in
       num_steps, thin, trace_fn: as :func:`run_chain`; by default the trace is the spins
         (:func:`trace_positions`).
       num_chunks, progress: run as this many compiled chunks, printing progress between them.
-      devices: devices to shard the chains across (default: all local devices); the number of
-        chains must be a multiple of their count.
+      devices: devices to shard the chains across (default: all local devices): a non-empty
+        sequence of distinct ``jax.Device``s (``ValueError`` naming ``devices`` otherwise); the
+        number of chains must be a multiple of their count.
 
     Returns:
       ``(final_states, traces)``, traces of shape ``(num_chains, num_steps // thin, ...)``:
@@ -157,13 +170,14 @@ def run_chains(key: PRNGKey, algorithm: SamplingAlgorithm, states, num_steps: in
     The compiled program is cached on ``(algorithm, trace_fn, num_steps, thin, devices)``:
     pass the same objects (not a fresh ``lambda``) to reuse it across calls.
     """
+    key = prng_key("key", key)
     leaves = jax.tree_util.tree_leaves(states)
     if not leaves or any(np.ndim(a) < 1 for a in leaves):
         raise ValueError("states must carry a leading chain axis (e.g. jax.vmap(algorithm.init)(x0)).")
-    trace_fn = trace_fn or trace_positions  # one object: the compile cache below is keyed on it
+    trace_fn = _check_trace_fn(trace_fn)  # one object: the compile cache below is keyed on it
     num_chains = leaves[0].shape[0]
-    devices = tuple(jax.local_devices() if devices is None else devices)
-    if not devices or num_chains % len(devices):
+    devices = device_tuple("devices", devices)
+    if num_chains % len(devices):
         raise ValueError(f"the number of chains ({num_chains}) must be a positive multiple of the number of "
                          f"devices ({len(devices)}); pass devices= to use fewer.")
     num_steps, thin, num_chunks = _check_steps(algorithm, num_steps, thin, num_chunks)
@@ -173,13 +187,44 @@ def run_chains(key: PRNGKey, algorithm: SamplingAlgorithm, states, num_steps: in
                              devices=devices)
     traces = []
     for i, k in enumerate(jax.random.split(key, num_chunks)):
-        states, trace = many(jax.random.split(k, num_chains), states)
+        with _state_hint("states", states):
+            states, trace = many(jax.random.split(k, num_chains), states)
         traces.append(trace)
         if progress and num_chunks > 1:
             print(f"  run_chains: chunk {i + 1}/{num_chunks} ({(i + 1) * steps} steps)", flush=True)
     if num_chunks == 1:
         return states, traces[0]
     return states, jax.tree_util.tree_map(lambda *a: jax.numpy.concatenate(a, axis=1), *traces)
+
+
+def _check_trace_fn(trace_fn):
+    if trace_fn is None:
+        return trace_positions
+    if not callable(trace_fn):
+        raise ValueError(f"trace_fn must be a function (state, info) -> pytree to record, or None for the spins; "
+                         f"got {type(trace_fn).__name__}.")
+    return trace_fn
+
+
+def _is_bare_array(x) -> bool:
+    """An array (or a list of numbers): a position, not a sampler state."""
+    return isinstance(x, (jax.Array, np.ndarray)) or (isinstance(x, list) and all(isinstance(v, numbers.Number)
+                                                                                   for v in x))
+
+
+@contextlib.contextmanager
+def _state_hint(name: str, state):
+    """Turns the ``AttributeError`` a sampler's ``step`` raises on a bare array (a position
+    passed where a state is expected) into a ``ValueError`` naming ``name``. Costs nothing
+    when the chain runs."""
+    try:
+        yield
+    except AttributeError as err:
+        if not _is_bare_array(state):
+            raise
+        raise ValueError(f"{name} must be a state of the algorithm, from algorithm.init(position) "
+                         f"(jax.vmap(algorithm.init)(positions) for many chains); got a bare array of shape "
+                         f"{np.shape(state)}, which the sampler's step cannot read ({err}).") from err
 
 
 def _check_steps(algorithm, num_steps, thin, num_chunks) -> tuple[int, int, int]:
@@ -198,7 +243,7 @@ def _many_chains(keys, states, *, algorithm, num_steps, thin, trace_fn, devices)
     with the same algorithm object compile once."""
 
     def many(keys, states):
-        return jax.vmap(lambda k, s: run_chain(k, algorithm, s, num_steps, thin, trace_fn=trace_fn))(keys, states)
+        return jax.vmap(lambda k, s: _run_chain(k, algorithm, s, num_steps, thin, trace_fn))(keys, states)
 
     if len(devices) > 1:
         from jax.sharding import Mesh, PartitionSpec

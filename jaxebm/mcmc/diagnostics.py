@@ -36,6 +36,7 @@ import numpy as np
 from jax import lax
 
 from jaxebm._validation import array, check_finite, is_concrete, positive_scalar
+from jaxebm.mcmc._checks import check_axis
 
 __all__ = ["autocorrelation", "effective_sample_size", "integrated_autocorr_time", "r_hat"]
 
@@ -84,11 +85,14 @@ def autocorrelation(x, axis: int = 0):
     """Normalised autocorrelation :math:`\\rho_t = \\hat\\gamma_t / \\hat\\gamma_0` along
     ``axis`` by FFT (zero-padded, O(N log N)).
 
+    ``axis`` is an integer in ``[-x.ndim, x.ndim)`` (``ValueError`` naming ``axis`` otherwise:
+    it is never wrapped around or read from a bool).
+
     A series whose draws are all equal has no autocorrelation (0/0): its entries are NaN,
     with a ``RuntimeWarning`` when ``x`` is concrete.
     """
     x = _draws("x", x, min_ndim=1, what="draws along an axis")
-    axis = axis % x.ndim
+    axis = check_axis("axis", axis, x.ndim)
     if x.shape[axis] < 2:
         raise ValueError(f"x must hold at least 2 draws along axis {axis}; got shape {x.shape}.")
     rho, constant = _autocorrelation(x, axis)

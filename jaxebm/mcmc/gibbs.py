@@ -22,7 +22,7 @@ from jaxebm import ising
 from jaxebm import rbm as rbm_module
 from jaxebm._gibbs import rbm_gibbs_sweep, spins_given_field
 from jaxebm.ising import IsingParams
-from jaxebm.mcmc._checks import check_beta, spin_position
+from jaxebm.mcmc._checks import check_beta, check_precision, spin_position
 from jaxebm.mcmc._single_site import HeatBathInfo, SpinState, ising_algorithm, ising_init
 from jaxebm.mcmc.base import SamplingAlgorithm
 from jaxebm.mcmc.colour import colour_sampler, graph_init, is_graph_params
@@ -114,7 +114,7 @@ def rbm_gibbs_init(key, params: RBMParams, position, beta: float = 1.0, precisio
     :math:`P(z_l = +1) = \sigma(2\beta(W^\top x + c)_l)` (Eq. (4.84)). The same as
     ``rbm_gibbs(params, beta, precision).init(position, key)``."""
     params = rbm_module.validate_params(params)
-    return _rbm_init(_require_key(key), params, position, check_beta(beta), precision)
+    return _rbm_init(_require_key(key), params, position, check_beta(beta), check_precision(precision))
 
 
 def rbm_gibbs(params: RBMParams, beta: float = 1.0, precision=lax.Precision.HIGHEST) -> SamplingAlgorithm:
@@ -129,8 +129,10 @@ def rbm_gibbs(params: RBMParams, beta: float = 1.0, precision=lax.Precision.HIGH
 
     ``precision`` is the matmul precision (``HIGHEST`` by default; ``DEFAULT`` is TF32 on GPU,
     and then the log weight, taken from the same fields, carries its ~1e-3 relative error).
-    ``params`` are validated when the sampler is built (type, shapes, finite) and ``beta``
-    must be finite and >= 0.
+    ``params`` are validated when the sampler is built (type, shapes, finite), ``beta``
+    must be finite and >= 0 and ``precision`` one that ``jax.lax`` accepts (``None``, a
+    ``lax.Precision``, a name such as ``'highest'``, ``'float32'`` or ``'tensorfloat32'``, or a
+    ``lax.DotAlgorithmPreset``; ``ValueError`` naming ``precision`` otherwise).
 
     Returns:
       ``SamplingAlgorithm``: ``init(position (n_visible,), key) -> RBMState`` draws ``z``
@@ -140,6 +142,7 @@ def rbm_gibbs(params: RBMParams, beta: float = 1.0, precision=lax.Precision.HIGH
     """
     params = rbm_module.validate_params(params)
     beta = check_beta(beta)
+    precision = check_precision(precision)
 
     def init(position, key=None):
         return _rbm_init(_require_key(key), params, position, beta, precision)

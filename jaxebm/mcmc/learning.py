@@ -17,7 +17,7 @@ import optax
 from jax import lax
 
 from jaxebm import ising, optim
-from jaxebm._validation import count, ladder, spins
+from jaxebm._validation import array, count, ladder, prng_key, spins
 from jaxebm.ising import IsingParams
 from jaxebm.mcmc.colour import is_graph_params
 from jaxebm.mcmc.gibbs import heat_bath
@@ -80,6 +80,7 @@ def pcd_fit_ising(key: PRNGKey, params: IsingParams, data, optimizer: optax.Grad
     Returns:
       ``(params, PCDInfo)``.
     """
+    key = prng_key("key", key)
     graph = is_graph_params(params)
     params = ising.validate_params(params)  # JAX arrays (the scan carries them)
     num_steps, num_chains = count("num_steps", num_steps), count("num_chains", num_chains)
@@ -95,10 +96,11 @@ def pcd_fit_ising(key: PRNGKey, params: IsingParams, data, optimizer: optax.Grad
     if chains is None:
         x0 = jax.random.rademacher(key_init, (num_chains, R, n), params.h.dtype)
     else:
-        x0 = spins("chains", chains, n=n, ndim=3, dtype=params.h.dtype)
+        x0 = array("chains", chains, dtype=params.h.dtype)
         if x0.shape != (num_chains, R, n):
             raise ValueError(f"chains must have shape (num_chains, len(betas), n) = ({num_chains}, {R}, {n}); "
                              f"got {x0.shape}.")
+        x0 = spins("chains", x0, n=n, ndim=3)
 
     def algorithm(p):
         return replica_exchange(lambda b: heat_bath(p, b), betas)

@@ -28,8 +28,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxebm import ising
+from jaxebm._validation import is_concrete
 from jaxebm.ising import IsingParams
-from jaxebm.mcmc._checks import check_beta, spin_position
+from jaxebm.mcmc._checks import check_beta, check_block_size, spin_position
 from jaxebm.mcmc._single_site import MetropolisInfo, SpinState, ising_algorithm, ising_init, single_site_sweep
 from jaxebm.mcmc.base import SamplingAlgorithm
 from jaxebm.mcmc.colour import colour_sampler, graph_init, is_graph_params
@@ -65,7 +66,14 @@ def metropolis_init(target: IsingParams | Callable, position) -> SpinState | Met
 
 def _generic_init(log_weight_fn: Callable, position) -> MetropolisState:
     x = spin_position(position, None)
-    return MetropolisState(x, log_weight_fn(x))
+    log_weight = log_weight_fn(x)
+    if jnp.shape(log_weight) != ():
+        raise ValueError(f"log_weight_fn must return a scalar log weight; log_weight_fn(position) has shape "
+                         f"{jnp.shape(log_weight)}.")
+    if is_concrete(log_weight) and not bool(jnp.isfinite(log_weight)):
+        raise ValueError(f"log_weight_fn(position) must be finite at the start; got {float(log_weight)} (a chain "
+                         "started there would never move). Start from a position of finite log weight.")
+    return MetropolisState(x, log_weight)
 
 
 def _generic_metropolis(log_weight_fn: Callable, beta) -> SamplingAlgorithm:
@@ -106,12 +114,14 @@ def metropolis(target: IsingParams | Callable, beta: float = 1.0, block_size: in
         flip).
       beta: inverse temperature, finite and >= 0 (may be traced, e.g. inside replica exchange).
       block_size: spins per block of the Ising fast path (default 8, measured fastest on CPU
-        for n = 64 and 256 with 1e3 and 1e4 chains).
+        for n = 64 and 256 with 1e3 and 1e4 chains): an integer >= 1 for every target (the
+        generic fallback has no blocks and ignores a valid one).
 
     ``IsingParams`` are validated when the sampler is built (shapes, finite, ``J`` symmetric
     with a zero diagonal) and converted to JAX arrays; ``init`` checks that the start is +-1
     spins of shape ``(n,)`` (values when concrete: under ``jax.vmap(algo.init)`` the values
-    are checked by :func:`jaxebm.mcmc.run_chains` instead).
+    are checked by :func:`jaxebm.mcmc.run_chains` instead). For a ``log_weight_fn``, ``init``
+    also requires ``log_weight_fn(position)`` to be a scalar, and finite when concrete.
 
     Returns:
       ``SamplingAlgorithm``: ``init(position (n,), key=None)`` (no randomness; the key is
@@ -124,5 +134,6 @@ def metropolis(target: IsingParams | Callable, beta: float = 1.0, block_size: in
     if isinstance(target, IsingParams):
         return ising_algorithm(target, beta, "metropolis", block_size)
     if callable(target):
+        check_block_size(block_size)  # validated for every target; the generic sweep has no blocks
         return _generic_metropolis(target, beta)
     raise ValueError(f"target must be IsingParams or a log_weight_fn; got {type(target).__name__}.")

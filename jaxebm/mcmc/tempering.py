@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxebm._validation import count, finite_scalar, ladder, positive_scalar, probability
-from jaxebm.mcmc._checks import check_positions
+from jaxebm._validation import count, finite_scalar, ladder, positive_scalar, prng_key, probability
+from jaxebm.mcmc._checks import check_algorithm, check_positions
 from jaxebm.mcmc.base import SamplingAlgorithm, run_chain
 
 __all__ = ["ReplicaExchangeInfo", "ReplicaExchangeState", "adapt_ladder", "geometric_ladder", "replica_exchange",
@@ -81,6 +81,11 @@ def _check_make_algorithm(make_algorithm):
                          f"{type(make_algorithm).__name__}.")
 
 
+def _make(make_algorithm, beta) -> SamplingAlgorithm:
+    """``make_algorithm(beta)``, checked to be a sampler (at trace time)."""
+    return check_algorithm("make_algorithm", make_algorithm(beta), "make_algorithm(beta)")
+
+
 def _init(make_algorithm, betas, positions, key):
     R = betas.shape[0]
     leaves = jax.tree_util.tree_leaves(positions)
@@ -88,9 +93,10 @@ def _init(make_algorithm, betas, positions, key):
         raise ValueError(f"positions must be stacked over the {R} temperature slots (leading axis {R}); got "
                          f"shape(s) {[np.shape(a) for a in leaves]}.")
     if key is None:  # samplers whose init draws nothing (the inner init says so if it needs a key)
-        states = jax.vmap(lambda b, p: make_algorithm(b).init(p))(betas, positions)
+        states = jax.vmap(lambda b, p: _make(make_algorithm, b).init(p))(betas, positions)
     else:
-        states = jax.vmap(lambda b, p, k: make_algorithm(b).init(p, k))(betas, positions, jax.random.split(key, R))
+        states = jax.vmap(lambda b, p, k: _make(make_algorithm, b).init(p, k))(betas, positions,
+                                                                                jax.random.split(key, R))
     check_positions("positions", states)  # values of the (vmapped, hence traced) inner inits
     walker = jnp.arange(R, dtype=jnp.int32)
     last_end, trips = _update_ends(walker, jnp.zeros(R, jnp.int32), jnp.zeros(R, jnp.int32))
@@ -110,7 +116,8 @@ def replica_exchange_init(make_algorithm: Callable[[Any], SamplingAlgorithm], be
 
 def replica_exchange(make_algorithm: Callable[[Any], SamplingAlgorithm], betas) -> SamplingAlgorithm:
     """Meta-kernel: ``make_algorithm(beta)`` builds the sampler at one inverse temperature
-    (beta may be traced).
+    (beta may be traced); it must return a ``SamplingAlgorithm`` (``ValueError`` naming
+    ``make_algorithm`` otherwise, from ``init`` or ``step``).
 
     ``betas`` is a ladder: at least 2 finite inverse temperatures > 0, strictly monotone.
 
@@ -130,7 +137,7 @@ def replica_exchange(make_algorithm: Callable[[Any], SamplingAlgorithm], betas) 
 
     def step(key, state):
         k_inner, k_swap = jax.random.split(key)
-        states, infos = jax.vmap(lambda b, k, s: make_algorithm(b).step(k, s))(
+        states, infos = jax.vmap(lambda b, k, s: _make(make_algorithm, b).step(k, s))(
             betas, jax.random.split(k_inner, R), state.states)
         lw = states.log_weight
         log_prob = (betas[:-1] - betas[1:]) * (lw[1:] - lw[:-1])
@@ -188,6 +195,7 @@ def tune_ladder(key, make_algorithm, betas, positions, *, num_rounds: int = 10, 
     ``rbm_gibbs``, work too). Each round runs one compiled program (cached on
     ``make_algorithm`` and ``steps_per_round``; the ladder is an argument, so the rounds
     share it)."""
+    key = prng_key("key", key)
     ladder("betas", betas)
     betas = np.asarray(betas, np.float64)
     num_rounds, steps_per_round = count("num_rounds", num_rounds), count("steps_per_round", steps_per_round)
