@@ -22,5 +22,8 @@ def log2cosh(a: ArrayLike) -> Array:
     elementwise pass with no NaN guard or custom JVP), which matters in the RBM's exact
     :math:`\log Z`, where it runs once per state and unit.
     """
-    a = jnp.abs(jnp.asarray(a))
+    a = jnp.asarray(a)
+    if jnp.iscomplexobj(a):  # abs would drop the phase: log 2cosh of a complex number is not this
+        raise ValueError(f"a must be real; got dtype {a.dtype}.")
+    a = jnp.abs(a)
     return a + jnp.log1p(jnp.exp(-2.0 * a))

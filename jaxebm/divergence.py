@@ -121,7 +121,7 @@ def states_to_codes(x: ArrayLike) -> Array:
         raise ValueError(f"x must be spins of shape (..., n) with n >= 1; got shape {x.shape}.")
     n = x.shape[-1]
     if n > 31:
-        raise ValueError(f"states_to_codes supports n <= 31 spins; got {n}.")
+        raise ValueError(f"x must have at most 31 spins (columns) to fit integer codes; got {n}.")
     check_finite("x", x)
     x = spins("x", x, ndim=x.ndim)
     return _states_to_codes(x)
@@ -142,7 +142,8 @@ def empirical_distribution(data: ArrayLike) -> Array:
         raise ValueError(f"data must hold at least one sample of at least one spin; got shape {data.shape}.")
     n = data.shape[1]
     if n > 24:
-        raise ValueError(f"empirical_distribution holds 2^n probabilities; n = {n} exceeds 24.")
+        raise ValueError(f"data must have at most 24 spins (columns): empirical_distribution holds 2^n "
+                         f"probabilities; got n = {n}.")
     data = spins("data", data, ndim=2)
     return _empirical_distribution(data)
 

@@ -66,6 +66,12 @@ def estimated_gradient_loss(params: PyTree, grads: PyTree) -> Array:
     r"""A scalar whose gradient with respect to ``params`` is ``grads`` (held constant):
     :math:`\sum_i 	heta_i\, \mathrm{sg}(g_i)`. It feeds a gradient *estimate* (CD, PCD, any
     Monte Carlo gradient) to :func:`run` as a stochastic objective; its value means nothing."""
+    if jax.tree_util.tree_structure(grads) != jax.tree_util.tree_structure(params) or any(
+            jnp.shape(g) != jnp.shape(p) for g, p in zip(jax.tree_util.tree_leaves(grads),
+                                                         jax.tree_util.tree_leaves(params))):
+        raise ValueError(f"grads must be a pytree like params (same structure and shapes); got "
+                         f"{jax.tree_util.tree_map(jnp.shape, grads)} for params "
+                         f"{jax.tree_util.tree_map(jnp.shape, params)}.")
     return optax.tree_utils.tree_vdot(params, jax.lax.stop_gradient(grads))
 
 
@@ -144,6 +150,9 @@ def run(optimizer: optax.GradientTransformation, loss_fn: Callable[..., Array], 
         if key is not None or safeguard:
             raise ValueError("tol stops a deterministic loss; it cannot be combined with key or safeguard.")
     num_steps = count("num_steps", num_steps)
+    leaves = jax.tree_util.tree_leaves(params)
+    if not leaves or sum(jnp.size(leaf) for leaf in leaves) == 0:
+        raise ValueError("params must hold at least one entry; got an empty pytree or empty arrays.")
     optimizer = optax.with_extra_args_support(optimizer)
     state = optimizer_state(optimizer, params, opt_state)
     stochastic = key is not None
@@ -176,7 +185,11 @@ def run(optimizer: optax.GradientTransformation, loss_fn: Callable[..., Array], 
         return (new, state, aux), (value, gmax, extra, accepted)
 
     keys = jax.random.split(key, num_steps) if stochastic else None
-    traced, consts = _cache.trace(step, (params, state, aux), None if keys is None else keys[0])
+    try:
+        traced, consts = _cache.trace(step, (params, state, aux), None if keys is None else keys[0])
+    except TypeError:
+        _explain_trace_failure(loss_fn, params, args, aux, None if keys is None else keys[0])
+        raise
     if tol is not None:
         (params, state, _), (losses, gmax, extra, _), num_updates, converged = _while(
             consts, (params, state, aux), jnp.asarray(tol, jnp.result_type(float)), traced=traced,
@@ -185,6 +198,29 @@ def run(optimizer: optax.GradientTransformation, loss_fn: Callable[..., Array], 
     (params, state, aux), (losses, gmax, extra, accepted) = _cache.scan(consts, (params, state, aux), keys,
                                                                         traced=traced, num_steps=num_steps)
     return params, RunInfo(losses, gmax, extra, state, accepted, aux)
+
+
+def _explain_trace_failure(loss_fn, params, args, aux, key) -> None:
+    """Turn the usual causes of a TypeError while tracing the step (what ``jax.grad`` refuses)
+    into a ValueError naming the argument; returns if none applies."""
+    for leaf in jax.tree_util.tree_leaves(params):
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            raise ValueError(f"params must hold floating arrays (gradients need them); got a leaf of dtype "
+                             f"{jnp.result_type(leaf)}. Convert with jnp.asarray(p, jnp.float32).")
+    try:
+        if key is None:
+            out = jax.eval_shape(lambda p: loss_fn(p, *args), params)
+        else:
+            out = jax.eval_shape(lambda p: loss_fn(p, aux, key, *args), params)
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise ValueError("loss_fn of a stochastic objective (key given) must return (loss, aux); got "
+                                 f"{type(out).__name__}.")
+            out = out[0]
+    except TypeError:
+        return
+    if getattr(out, "shape", None) != () or not jnp.issubdtype(out.dtype, jnp.floating):
+        raise ValueError(f"loss_fn must return a real scalar; it returned {getattr(out, 'shape', type(out))} of "
+                         f"dtype {getattr(out, 'dtype', None)}.")
 
 
 @functools.partial(jax.jit, static_argnames=("traced", "num_steps"))

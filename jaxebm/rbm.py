@@ -166,6 +166,11 @@ def energy(params: RBMParams, x: ArrayLike, z: ArrayLike) -> Array:
     params = _validate(params)
     x = _check_layer("x", x, params.W.shape[0], ndim=None)
     z = _check_layer("z", z, params.W.shape[1], ndim=None)
+    try:
+        np.broadcast_shapes(x.shape[:-1], z.shape[:-1])
+    except ValueError:
+        raise ValueError(f"x and z must have broadcastable batch axes; got x of shape {x.shape} and z of shape "
+                         f"{z.shape}.") from None
     Wz = jnp.matmul(z, params.W.T, precision=HIGHEST)
     return -(jnp.sum(x * Wz, -1) + jnp.matmul(x, params.b, precision=HIGHEST)
              + jnp.matmul(z, params.c, precision=HIGHEST))

@@ -371,3 +371,21 @@ def test_dense_method_refuses_a_hessian_over_its_memory_budget():
     """method="dense" on 1e5 parameters asked XLA for a 40 GB Hessian and died out of memory."""
     with pytest.raises(ValueError, match=r'method="dense" needs the full 100000 x 100000 Hessian.*"lanczos"'):
         curvature.max_eigenvalue(lambda t: jnp.sum(t**2), jnp.ones(100_000), method="dense")
+
+
+def test_run_names_what_jax_grad_refuses():
+    """A vector loss, integer params, empty params or a stochastic loss without its aux were
+    TypeErrors from inside jax.grad (or NumPy's "zero-size array")."""
+    sgd = optax.sgd(0.1)
+    with pytest.raises(ValueError, match="loss_fn must return a real scalar; it returned \\(3,\\)"):
+        optim.run(sgd, lambda p: p**2, jnp.ones(3), 2)
+    with pytest.raises(ValueError, match="params must hold floating arrays"):
+        optim.run(sgd, lambda p: jnp.sum(p**2), jnp.ones(3, jnp.int32), 2)
+    for empty in (jnp.ones(0), {}):
+        with pytest.raises(ValueError, match="params must hold at least one entry"):
+            optim.run(sgd, lambda p: jnp.sum(p**2), empty, 2)
+    with pytest.raises(ValueError, match="must return \\(loss, aux\\)"):
+        optim.run(sgd, lambda p, a, k: jnp.sum(p**2), jnp.ones(3), 2, key=jax.random.key(0), aux=0.0)
+    with pytest.raises(ValueError, match="grads must be a pytree like params"):
+        optim.estimated_gradient_loss(jnp.ones(3), jnp.ones(4))
+    np.testing.assert_allclose(optim.run(sgd, lambda p: jnp.sum(p**2), jnp.ones(3), 2)[0], 0.64, rtol=1e-6)

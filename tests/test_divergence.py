@@ -123,3 +123,10 @@ def test_eager_calls_compile_once():
         }
 
     _assert_compiles_once(calls(1), calls(2))
+
+
+def test_size_limits_name_the_argument():
+    with pytest.raises(ValueError, match="data must have at most 24 spins"):
+        divergence.empirical_distribution(np.ones((2, 40)))
+    with pytest.raises(ValueError, match="x must have at most 31 spins"):
+        divergence.states_to_codes(np.ones((2, 70)))

@@ -776,3 +776,23 @@ def test_rbm_gibbs_precision_is_validated_when_built(rng):
 def test_replica_exchange_checks_what_make_algorithm_returns(rng):
     with pytest.raises(ValueError, match=r"^make_algorithm must return a SamplingAlgorithm.*type int"):
         mcmc.replica_exchange(lambda b: 3, jnp.array([0.5, 1.0])).init(jnp.ones((2, 4)))
+
+
+def test_step_refuses_a_state_of_another_model_or_a_batch():
+    """A state of 5 spins given to a 4-spin sampler, or a batch of states given to step, was a
+    TypeError from inside a matmul or a scan."""
+    from jaxebm import graphs
+
+    p4, p5 = ising.init(jax.random.key(0), 4, 0.3), ising.init(jax.random.key(0), 5, 0.3)
+    other = mcmc.heat_bath(p5).init(jnp.ones(5))
+    lattice = graphs.square_lattice(3, 3)
+    samplers = [mcmc.heat_bath(p4), mcmc.metropolis(p4), mcmc.heat_bath(ising.edwards_anderson(jax.random.key(0),
+                                                                                             lattice)),
+                mcmc.rbm_gibbs(rbm.init(jax.random.key(0), 4, 3))]
+    for algo in samplers:
+        with pytest.raises(ValueError, match=r"state\.x must have shape \((4|9),\)"):
+            algo.step(jax.random.key(1), other)
+    batch = jax.vmap(samplers[0].init)(jnp.ones((3, 4)))
+    with pytest.raises(ValueError, match=r"got \(3, 4\) \(for many chains"):
+        samplers[0].step(jax.random.key(1), batch)
+    assert mcmc.run_chains(jax.random.key(0), samplers[0], batch, 2)[0].x.shape == (3, 4)

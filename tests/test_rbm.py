@@ -483,3 +483,13 @@ def test_exact_functions_and_cd_compile_once_eagerly(rng):
     log_z, mx, mz, xz, _ = brute(*args[1][0])
     np.testing.assert_allclose(rbm.log_partition(args[1][0]), log_z, rtol=1e-5)
     np.testing.assert_allclose(rbm.moments(args[1][0])[2], xz, atol=1e-5)
+
+
+def test_energy_batches_must_broadcast_and_log2cosh_must_be_real():
+    params = rbm.init(jax.random.key(0), 4, 3)
+    with pytest.raises(ValueError, match="x and z must have broadcastable batch axes"):
+        rbm.energy(params, jnp.ones((10, 4)), jnp.ones((3, 3)))
+    assert rbm.energy(params, jnp.ones((2, 5, 4)), jnp.ones((5, 3))).shape == (2, 5)
+    with pytest.raises(ValueError, match="a must be real"):
+        rbm.log2cosh(1 + 1j)
+    np.testing.assert_allclose(rbm.log2cosh(np.array([0.0, 30.0])), [np.log(2.0), 30.0], rtol=1e-6)

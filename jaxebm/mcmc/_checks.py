@@ -8,6 +8,7 @@ import numbers
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxebm._validation import check_finite, check_spins, count, finite_scalar, is_concrete, spins
 
@@ -80,3 +81,17 @@ def check_precision(precision):
                          f"lax.Precision.HIGHEST, a name such as 'highest', 'high', 'default', 'float32', "
                          f"'tensorfloat32' or 'bfloat16', or a lax.DotAlgorithmPreset); got {precision!r}.") from err
     return precision
+
+
+def check_state(state, n: int):
+    """A sampler's state for one chain of ``n`` spins (checked on shapes, so also when traced):
+    a state of another model or a batch of states passed to ``step`` is a ValueError naming
+    ``state`` (it was a TypeError from inside a matmul or a scan)."""
+    x = getattr(state, "x", None)
+    if x is None:
+        raise ValueError(f"state must be a state of this algorithm, from algorithm.init(position); got "
+                         f"{type(state).__name__}.")
+    if np.shape(x) != (n,):
+        raise ValueError(f"state.x must have shape ({n},): one chain of this model; got {np.shape(x)} (for many "
+                         "chains, jax.vmap(algorithm.step) or mcmc.run_chains).")
+    return state

@@ -16,7 +16,7 @@ from jax import lax
 from jaxebm import ising
 from jaxebm._numerics import HIGHEST
 from jaxebm.ising import IsingParams
-from jaxebm.mcmc._checks import check_beta, check_block_size, spin_position
+from jaxebm.mcmc._checks import check_beta, check_block_size, check_state, spin_position
 from jaxebm.mcmc.base import SamplingAlgorithm
 
 _DEFAULT_BLOCK = 8  # measured fastest on CPU for n = 64 and 256 with 1e3-1e4 chains
@@ -193,6 +193,7 @@ def ising_algorithm(params: IsingParams, beta, rule: str, block_size: int | None
         return ising_init(params, position)
 
     def step(key, state):
+        check_state(state, params.h.shape[0])
         x, local_field, flips = single_site_sweep(key, params, state.x, beta, rule, block_size)
         return SpinState(x, local_field, _ising_log_weight(params, x, local_field)), sweep_info(rule, flips, x.shape[0])
 

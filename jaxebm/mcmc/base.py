@@ -214,12 +214,12 @@ def _is_bare_array(x) -> bool:
 
 @contextlib.contextmanager
 def _state_hint(name: str, state):
-    """Turns the ``AttributeError`` a sampler's ``step`` raises on a bare array (a position
-    passed where a state is expected) into a ``ValueError`` naming ``name``. Costs nothing
-    when the chain runs."""
+    """Turns the error a sampler's ``step`` raises on a bare array (a position passed where a
+    state is expected: an ``AttributeError``, or the built-in samplers' ``ValueError`` about
+    ``state``) into a ``ValueError`` naming ``name``. Costs nothing when the chain runs."""
     try:
         yield
-    except AttributeError as err:
+    except (AttributeError, ValueError) as err:
         if not _is_bare_array(state):
             raise
         raise ValueError(f"{name} must be a state of the algorithm, from algorithm.init(position) "

@@ -55,7 +55,7 @@ from jax import lax
 from jaxebm import ising
 from jaxebm._validation import choice
 from jaxebm.ising import GraphIsingParams
-from jaxebm.mcmc._checks import check_beta, spin_position
+from jaxebm.mcmc._checks import check_beta, check_state, spin_position
 from jaxebm.mcmc._single_site import SpinState, accept, sweep_info
 from jaxebm.mcmc.base import SamplingAlgorithm
 
@@ -323,6 +323,7 @@ def colour_sampler(params, beta=1.0, rule: str = "heat_bath", block_size: int | 
         return graph_init(params, position)
 
     def step(key, state):
+        check_state(state, graph.n)
         if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
             key = jax.random.wrap_key_data(key)
         b = jnp.reshape(jnp.asarray(beta, state.x.dtype), (1,))

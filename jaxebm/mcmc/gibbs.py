@@ -22,7 +22,7 @@ from jaxebm import ising
 from jaxebm import rbm as rbm_module
 from jaxebm._gibbs import rbm_gibbs_sweep, spins_given_field
 from jaxebm.ising import IsingParams
-from jaxebm.mcmc._checks import check_beta, check_precision, spin_position
+from jaxebm.mcmc._checks import check_beta, check_precision, check_state, spin_position
 from jaxebm.mcmc._single_site import HeatBathInfo, SpinState, ising_algorithm, ising_init
 from jaxebm.mcmc.base import SamplingAlgorithm
 from jaxebm.mcmc.colour import colour_sampler, graph_init, is_graph_params
@@ -148,6 +148,7 @@ def rbm_gibbs(params: RBMParams, beta: float = 1.0, precision=lax.Precision.HIGH
         return _rbm_init(_require_key(key), params, position, beta, precision)
 
     def step(key, state):
+        check_state(state, params.W.shape[0])
         x, z, log_weight = rbm_gibbs_sweep(key, params, state.x, beta, precision)
         return RBMState(x, z, log_weight), RBMInfo(jnp.mean(x != state.x, dtype=x.dtype))
 
