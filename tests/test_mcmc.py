@@ -796,3 +796,17 @@ def test_step_refuses_a_state_of_another_model_or_a_batch():
     with pytest.raises(ValueError, match=r"got \(3, 4\) \(for many chains"):
         samplers[0].step(jax.random.key(1), batch)
     assert mcmc.run_chains(jax.random.key(0), samplers[0], batch, 2)[0].x.shape == (3, 4)
+
+
+def test_replica_exchange_needs_states_with_a_log_weight():
+    """An inner sampler whose state has no log_weight was an AttributeError at the first swap."""
+    from typing import NamedTuple
+
+    class Position(NamedTuple):
+        x: jax.Array
+
+    algo = mcmc.SamplingAlgorithm(lambda position, key=None: Position(position), lambda k, s: (s, ()))
+    tempered = mcmc.replica_exchange(lambda b: algo, jnp.array([0.5, 1.0]))
+    with pytest.raises(ValueError, match="make_algorithm\\(beta\\) must build samplers whose states carry a scalar "
+                                         "log_weight"):
+        tempered.step(jax.random.key(0), tempered.init(jnp.ones((2, 3))))

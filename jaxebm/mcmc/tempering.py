@@ -139,7 +139,12 @@ def replica_exchange(make_algorithm: Callable[[Any], SamplingAlgorithm], betas) 
         k_inner, k_swap = jax.random.split(key)
         states, infos = jax.vmap(lambda b, k, s: _make(make_algorithm, b).step(k, s))(
             betas, jax.random.split(k_inner, R), state.states)
-        lw = states.log_weight
+        lw = getattr(states, "log_weight", None)
+        if lw is None or np.shape(lw) != (R,):
+            raise ValueError("make_algorithm(beta) must build samplers whose states carry a scalar log_weight (the "
+                             "log weight at beta = 1, which the swaps compare); got a state of type "
+                             f"{type(states).__name__}" + ("" if lw is None else f" with log_weight of shape "
+                                                         f"{np.shape(lw)[1:]}") + ".")
         log_prob = (betas[:-1] - betas[1:]) * (lw[1:] - lw[:-1])
         attempted = (jnp.arange(R - 1) % 2) == (state.count % 2)
         u = jax.random.uniform(k_swap, (R - 1,), lw.dtype)
