@@ -300,8 +300,7 @@ def kl(params_p: GraphIsingParams, params_q: GraphIsingParams, *, max_seconds: f
 
 def sample_exact(key: PRNGKey, params: GraphIsingParams, num_samples: int, *,
                  max_seconds: float | None = None) -> Array:
-    key = prng_key("key", key)
-    params = validate(params)
+    params = validate(params)  # key: checked by ising.sample_exact, the public entry
     num_samples = count("num_samples", num_samples)
     if use_elimination(params.graph, max_seconds) or params.graph.n > 34:
         return elimination.sample_exact(key, params.h, params.J, params.graph, num_samples, max_seconds=max_seconds)

@@ -38,7 +38,7 @@ import numbers
 
 import numpy as np
 
-from jaxebm._validation import count
+from jaxebm._validation import count, prng_key
 
 __all__ = [
     "Graph",
@@ -540,20 +540,12 @@ def chain(n: int, *, periodic: bool = False) -> Graph:
 
 def _rng(key) -> np.random.Generator:
     """A NumPy generator seeded from a JAX key (or an int seed)."""
-    if isinstance(key, (bool, np.bool_)):
-        raise ValueError(f"key must be a JAX PRNG key or an integer seed; got {key!r}.")
-    if isinstance(key, numbers.Integral):
+    if isinstance(key, numbers.Integral) and not isinstance(key, (bool, np.bool_)):
         return np.random.default_rng(int(key))
     import jax
 
-    dtype = getattr(key, "dtype", None)
-    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) and np.ndim(key) == 0:
-        data = np.asarray(jax.random.key_data(key))
-    elif dtype is not None and np.ndim(key) == 1 and dtype == np.uint32:  # raw key data (jax.random.PRNGKey)
-        data = np.asarray(key)
-    else:
-        raise ValueError(f"key must be a single JAX PRNG key (jax.random.key(seed)) or an integer seed; got "
-                         f"{type(key).__name__}" + (f" of shape {np.shape(key)}" if dtype is not None else "") + ".")
+    key = prng_key("key", key)  # a typed key or raw key data; anything else (a bool too) is refused
+    data = np.asarray(jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key)
     return np.random.default_rng(data.astype(np.uint64).ravel().tolist())
 
 

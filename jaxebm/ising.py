@@ -354,7 +354,8 @@ def _moment_arg(name, value, shape):
         raise ValueError(f"{name} must hold moments of +-1 spins, in [-1, 1]; got max |{name}| = "
                          f"{float(np.max(np.abs(np.asarray(value)))):.6g}.")
     if len(shape) == 2 and is_concrete(value):  # a triangle of <x x^T> would halve the coupling term
-        asym = float(np.max(np.abs(np.asarray(value) - np.asarray(value).T), initial=0.0))
+        v = np.asarray(value)
+        asym = float(np.max(np.abs(v - v.T), initial=0.0))
         if asym > 1e-5:
             raise ValueError(f"{name} must be symmetric (the full matrix <x x^T>, as data_moments returns); "
                              f"max |{name} - {name}.T| = {asym:.3g}.")
