@@ -36,8 +36,8 @@ offset. Erratum (3.70): the term :math:`\tfrac12\det(\Sigma^{-1})` should read
 a ``ValueError`` naming the argument: ``params`` (a :class:`GMMParams` of consistent shapes,
 finite, weights a distribution, covariances symmetric positive definite and factorable in
 the working dtype), ``x`` (a finite ``(n_samples, n_features)`` matrix whose squares fit the
-dtype: rescale it or use float64 otherwise; ``n_samples >= n_components`` where parameters
-are estimated), counts (positive integers, never truncated), ``tol`` and ``reg_covar``
+dtype: rescale it or use float64 otherwise; where parameters are estimated, at least
+``n_components`` distinct samples), counts (positive integers, never truncated), ``tol`` and ``reg_covar``
 (finite, >= 0) and ``sample_weight`` (finite, >= 0, positive sum; where parameters are
 estimated, at least ``n_components`` positive entries), ``stats`` (an :class:`EStepStats`
 of consistent shapes). Value checks need
@@ -331,6 +331,27 @@ def _sample_weight(sample_weight, n: int, dtype, n_components: int | None = None
     return w.astype(dtype)
 
 
+def _check_distinct(x, sample_weight, n_components: int) -> None:
+    """Refuses data with fewer distinct (positively weighted) samples than components: every
+    maximum-likelihood mixture of such data has components collapsed onto single points,
+    their covariances held up only by ``reg_covar``. Eager only (under ``jit`` a no-op)."""
+    if n_components < 2 or not is_concrete(x) or (sample_weight is not None and not is_concrete(sample_weight)):
+        return
+    values = np.asarray(x)
+    if sample_weight is not None:
+        values = values[np.asarray(sample_weight) > 0]
+    head = values[: max(8 * n_components, 1024)]  # distinct data show it in the first rows
+    if len(np.unique(head, axis=0)) >= n_components:
+        return
+    distinct = len(np.unique(values, axis=0))
+    if distinct < n_components:
+        weighted = " positively weighted" if sample_weight is not None else ""
+        raise ValueError(
+            f"x has only {distinct} distinct{weighted} samples, fewer than n_components = {n_components}: a "
+            "mixture with more components than distinct points is degenerate (components collapse onto single "
+            f"points, their covariances held up only by reg_covar). Use n_components <= {distinct}.")
+
+
 def _stats_checked(stats, covariance_type: str, data_features: int | None = None) -> EStepStats:
     """Validated :class:`EStepStats` for ``covariance_type``, its shapes consistent among
     themselves (``n_features`` from ``sum_z``). ``data_features`` (the column count of the data,
@@ -611,13 +632,14 @@ def em_step(params: GMMParams, x: ArrayLike, reg_covar: float = 1e-6,
     """One EM iteration. Returns ``(new_params, loglik)`` with ``loglik`` the mean
     log-likelihood of the *input* ``params`` (scikit-learn's lower bound).
 
-    Needs ``n_samples >= n_components`` (counting positively weighted samples); ``reg_covar``
+    Needs at least ``n_components`` distinct, positively weighted samples; ``reg_covar``
     finite and >= 0; ``sample_weight`` as in :func:`e_step`. Equals
     ``m_step(e_step(params, x)[0], x, ...)``.
     """
     params, x = _inputs(params, x, n_components=True)
     reg_covar = regulariser("reg_covar", reg_covar)
     sample_weight = _sample_weight(sample_weight, x.shape[0], x.dtype, params.n_components)
+    _check_distinct(x, sample_weight, params.n_components)
     return _jit_em_step(params, x, reg_covar, sample_weight)
 
 
@@ -632,7 +654,7 @@ def em(params: GMMParams, x: Array, *, max_iter: int = 100, tol: float = 1e-3, r
 
     Args:
       params: the starting point.
-      x: ``(n_samples, n_features)`` data, finite, ``n_samples >= n_components``.
+      x: ``(n_samples, n_features)`` data, finite, with at least ``n_components`` distinct samples.
       max_iter: a positive integer (static).
       tol: finite, >= 0.
       reg_covar: finite, >= 0.
@@ -647,6 +669,7 @@ def em(params: GMMParams, x: Array, *, max_iter: int = 100, tol: float = 1e-3, r
     tol = finite_scalar("tol", tol, minimum=0.0)
     reg_covar = regulariser("reg_covar", reg_covar)
     sample_weight = _sample_weight(sample_weight, x.shape[0], x.dtype, params.n_components)
+    _check_distinct(x, sample_weight, params.n_components)
     return _jit_em_one(params, x, max_iter, tol, reg_covar, sample_weight)
 
 
@@ -869,6 +892,7 @@ def initialize(key: PRNGKey, x: Array, n_components: int, covariance_type: str =
     x = _data(x, n_components=n_components)
     reg_covar = regulariser("reg_covar", reg_covar)
     sample_weight = _sample_weight(sample_weight, x.shape[0], x.dtype, n_components)
+    _check_distinct(x, sample_weight, n_components)
     return _jit_initialize_one(key, x, n_components, covariance_type, init, reg_covar, sample_weight)
 
 
@@ -907,7 +931,7 @@ def fit(key: PRNGKey, x: ArrayLike, n_components: int, *, covariance_type: str =
     Args:
       key: PRNG key for initialisation.
       x: ``(n_samples, n_features)`` data, finite.
-      n_components: K, at most ``n_samples``.
+      n_components: K, at most the number of distinct (positively weighted) samples.
       covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
       init: ``"kmeans++"``, ``"random"``, ``"random_from_data"``, or a ``GMMParams`` to start
         from (warm start; ``n_init`` must then be 1).
@@ -936,6 +960,7 @@ def fit(key: PRNGKey, x: ArrayLike, n_components: int, *, covariance_type: str =
     reg_covar = regulariser("reg_covar", reg_covar)
     n_init = count("n_init", n_init)
     sample_weight = _sample_weight(sample_weight, n, x.dtype, n_components)
+    _check_distinct(x, sample_weight, n_components)
 
     if isinstance(init, GMMParams):
         if n_init != 1:

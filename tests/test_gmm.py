@@ -627,3 +627,24 @@ def test_too_few_positively_weighted_samples_names_sample_weight():
         with pytest.raises(ValueError, match="sample_weight has 1 positive entries.*n_components = 2"):
             fn()
     assert gmm.e_step(p, _toy_x(), sample_weight=w)[0].total_weight == 1.0  # statistics of one sample are fine
+
+
+def test_fewer_distinct_samples_than_components_is_refused():
+    # 2000 rows but only 2 distinct points: any 3-component maximum-likelihood fit is degenerate
+    x = np.repeat(np.array([[0.0, 0.0], [1.0, 1.0]]), 1000, axis=0)
+    for init in gmm.INIT_METHODS:
+        with pytest.raises(ValueError, match="x has only 2 distinct samples, fewer than n_components = 3"):
+            gmm.fit(jax.random.key(0), x, 3, init=init)
+    p = gmm.fit(jax.random.key(0), x, 2)[0]  # as many components as points: fine
+    with pytest.raises(ValueError, match="x has only 1 distinct samples"):
+        gmm.em_step(_toy(), np.ones((40, 2)))
+    with pytest.raises(ValueError, match="x has only 1 distinct samples"):
+        gmm.em(_toy(), np.ones((40, 2)))
+    with pytest.raises(ValueError, match="x has only 1 distinct samples"):
+        gmm.initialize(jax.random.key(0), np.ones((40, 2)), 2)
+    # zero weights remove samples: 3 distinct rows, but only 2 positively weighted
+    x3 = np.r_[np.zeros((5, 2)), np.ones((5, 2)), 2 * np.ones((1, 2))]
+    w = np.r_[np.ones(10), 0.0]
+    with pytest.raises(ValueError, match="only 2 distinct positively weighted samples"):
+        gmm.fit(jax.random.key(0), x3, 3, sample_weight=w)
+    assert np.all(np.isfinite(p.means))
