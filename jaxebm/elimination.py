@@ -384,11 +384,6 @@ def _view(num_slots: int, slots, cut: int | None = None) -> tuple[tuple[int, ...
     return tuple(shape), axis
 
 
-def _log_add_exp(a, b):
-    m = jnp.maximum(a, b)
-    return m + jnp.log1p(jnp.exp(-jnp.abs(a - b)))
-
-
 def _kahan(total, comp, x):
     y = x - comp
     new = total + y
@@ -422,7 +417,8 @@ def _step_log(carry, step: _Step, plan: _Plan, h_v, c_old, c_other):
     t0 = lax.index_in_dim(tv, 0, ax, keepdims=True)
     t1 = lax.index_in_dim(tv, 1, ax, keepdims=True)
     field = _field(shape, axis, step, h_v, c_other, table.dtype)
-    outs = [_log_add_exp(t0 - c_old * sv, t1 + c_old * sv) + sv * field for sv in (-1.0, 1.0)]
+    # jnp.logaddexp: its derivative splits ties evenly (max + log1p(exp(-|a - b|)) gives them to one side)
+    outs = [jnp.logaddexp(t0 - c_old * sv, t1 + c_old * sv) + sv * field for sv in (-1.0, 1.0)]
     out = jnp.concatenate(outs, axis=ax).reshape(-1)
     m = lax.stop_gradient(jnp.max(out))
     g, gc = _kahan(g, gc, m)
@@ -870,7 +866,7 @@ def _sample_table(key, log_table, num_samples: int):
     levels = [log_table]
     while levels[-1].shape[0] > 1:
         pairs = levels[-1].reshape(-1, 2)
-        levels.append(_log_add_exp(pairs[:, 0], pairs[:, 1]))
+        levels.append(jnp.logaddexp(pairs[:, 0], pairs[:, 1]))
     idx = jnp.zeros((num_samples,), jnp.int32)
     keys = jax.random.split(key, max(1, len(levels) - 1))
     for depth, level in enumerate(reversed(levels[:-1])):

@@ -348,6 +348,29 @@ def test_low_temperature_switches_to_log_space(rng):
     assert abs(auto - want) <= 1e-6 * abs(want)
 
 
+@pytest.mark.parametrize("case", ["tie h=0", "pm1 glass beta=20", "ferromagnet h=0"])
+def test_log_space_derivatives_split_ties_evenly(case):
+    # Log space adds exp(a) + exp(b) with a == b wherever the field or couplings are symmetric;
+    # max + log1p(exp(-|a - b|)) differentiated gives the tie to one side (means of 1 instead of 0).
+    if case == "tie h=0":
+        g, h, J = graphs.chain(2), np.zeros(2), np.zeros(1)
+    elif case == "pm1 glass beta=20":  # "auto" runs log space here (the linear guard fires)
+        p = ising.edwards_anderson(jax.random.key(0), graphs.square_lattice(2, 3, periodic=False), beta=20.0,
+                                   couplings="pm1")
+        g, h, J = p.graph, np.asarray(p.h, np.float64), np.asarray(p.J, np.float64)
+    else:
+        g = graphs.square_lattice(2, 3, periodic=False)
+        h, J = np.zeros(g.n), np.full(g.num_edges, 0.3)
+    log_z, mean, corr, _ = ref.graph_exact(h, J, g.edges)
+    mode = "auto" if case == "pm1 glass beta=20" else "log"
+    got_z, got_mean, got_corr = elimination.moments(h.astype(np.float32), J.astype(np.float32), g, mode=mode)
+    np.testing.assert_allclose(got_mean, mean, atol=3e-6)
+    np.testing.assert_allclose(got_corr, corr, atol=3e-6)
+    if case == "pm1 glass beta=20":  # the gradient on the default path (what ising.fit and nll use)
+        params = ising.GraphIsingParams(jnp.asarray(h, jnp.float32), jnp.asarray(J, jnp.float32), g)
+        np.testing.assert_allclose(jax.grad(ising.log_partition)(params).h, mean, atol=3e-6)
+
+
 def test_compiles_once(rng):
     g = graphs.square_lattice(5, 6, periodic=(True, False))
     plan = elimination._plan(g)
