@@ -33,8 +33,9 @@ Two arithmetic modes:
 * ``"log"``: the table in log space, a log-add-exp per entry. Never underflows, 10-50 times
   slower on CPU.
 
-``mode="auto"`` (the default) runs the linear pass and, where its guard fires (very low
-temperatures), the log pass instead: eagerly the log pass is compiled only when first
+An explicit ``mode="linear"`` refuses (a ``ValueError``; NaN under a caller's ``jit``) where
+its guard fires. ``mode="auto"`` (the default) runs the linear pass and, where its guard fires
+(very low temperatures), the log pass instead: eagerly the log pass is compiled only when first
 needed; under a caller's ``jit`` it is a ``lax.cond`` (under ``vmap`` both run). Either way
 float32 agrees with float64 to about 1e-6 relative in :math:`\log Z`.
 
@@ -727,7 +728,7 @@ def _moments(h, J, plan: _Plan, mode: str):
     if mode == "auto":
         value, flag = _moments_mode(h, J, plan, "linear")
         return lax.cond(flag, lambda: _moments_mode(h, J, plan, "log")[0], lambda: value)
-    return _moments_mode(h, J, plan, mode)[0]
+    return _nan_where_flagged(*_moments_mode(h, J, plan, mode))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
@@ -749,7 +750,7 @@ def _log_z_value(h, J, plan: _Plan, mode: str):
     if mode == "auto":
         value, flag = _log_z_mode(h, J, plan, "linear")
         return lax.cond(flag, lambda: _log_z_mode(h, J, plan, "log")[0], lambda: value)
-    return _log_z_mode(h, J, plan, mode)[0]
+    return _nan_where_flagged(*_log_z_mode(h, J, plan, mode))
 
 
 # --------------------------------------------------------------------------------------
@@ -777,13 +778,29 @@ def _compiled(plan: _Plan, what: str, mode: str):
     raise AssertionError(what)
 
 
+def _nan_where_flagged(value, flag):
+    """An explicit ``mode="linear"`` result under a caller's ``jit``: NaN where the underflow
+    guard fired (the answer could be wrong; eager calls raise instead). The log pass never flags."""
+    return jax.tree.map(lambda v: jnp.where(flag, jnp.asarray(jnp.nan, v.dtype), v), value)
+
+
 def _run(what: str, mode: str, plan: _Plan, traced_fn, *args):
     """Run ``what`` in ``mode``. Eager "auto" calls run the linear pass and, only if its guard
-    fires, the log pass (compiled on first need); traced calls use ``traced_fn`` (a lax.cond)."""
+    fires, the log pass (compiled on first need); an eager "linear" call whose guard fires
+    raises. Traced calls use ``traced_fn`` (a lax.cond for "auto"; NaN for a flagged "linear")."""
     if not all(is_concrete(a) for a in args):
         return traced_fn(*args)
     if mode != "auto":
-        return _compiled(plan, what, mode)(*args)[0]
+        value, flag = _compiled(plan, what, mode)(*args)
+        if bool(flag):
+            dtype = next(a.dtype for a in args if jnp.issubdtype(getattr(a, "dtype", int), jnp.floating))
+            bits = _underflow_bits(dtype)
+            raise ValueError(
+                "mode='linear' cannot be trusted for these parameters: an entry of the elimination table fell "
+                f"below 2^-{bits} of its block maximum, or overflowed (very low temperature or strong couplings), "
+                "so terms lost to underflow could change the answer. Use mode='auto' (the default, which switches "
+                "to log space here) or mode='log'.")
+        return value
     value, flag = _compiled(plan, what, "linear")(*args)
     if bool(flag):
         value, _ = _compiled(plan, what, "log")(*args)
@@ -810,7 +827,8 @@ def log_partition(h: ArrayLike, J: ArrayLike, graph: Graph, *, max_seconds: floa
       max_seconds: refuse (ValueError with the width, table size, state count and estimated
         time) if the estimated run time exceeds this (default 600 s).
       mode: "auto" (linear space with an underflow guard, log space where it fires),
-        "linear" or "log" (see the module docstring).
+        "linear" (a ValueError where the guard fires; NaN under a caller's ``jit``) or "log"
+        (see the module docstring).
 
     Returns:
       Scalar :math:`\log Z` in the dtype of ``h`` and ``J``.
@@ -945,7 +963,7 @@ def _sample(key, h, J, plan: _Plan, mode: str, num_samples: int):
     if mode == "auto":
         x, flag = _sample_mode(key, h, J, plan, "linear", num_samples)
         return lax.cond(flag, lambda: _sample_mode(key, h, J, plan, "log", num_samples)[0], lambda: x)
-    return _sample_mode(key, h, J, plan, mode, num_samples)[0]
+    return _nan_where_flagged(*_sample_mode(key, h, J, plan, mode, num_samples))
 
 
 def sample_exact(key: PRNGKey, h: ArrayLike, J: ArrayLike, graph: Graph, num_samples: int, *,

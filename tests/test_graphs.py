@@ -619,3 +619,24 @@ def test_builders_refuse_a_non_bool_periodic_and_a_bad_key():
             graphs.random_tree(bad, 4)
     same = [graphs.random_tree(k, 6).edges for k in (jax.random.key(3), jax.random.PRNGKey(3))]
     np.testing.assert_array_equal(*same)  # a typed key and its raw data are the same key
+
+
+def test_explicit_linear_mode_refuses_where_its_guard_fires(rng):
+    # Strong couplings: the linear table underflows (it returned NaN, and garbage samples, silently)
+    g = graphs.square_lattice(3, 4, periodic=False)
+    h, J = (100 * rng.standard_normal(g.n)).astype(np.float32), (100 * rng.standard_normal(g.num_edges)).astype(
+        np.float32)
+    key = jax.random.key(0)
+    for call in (lambda: elimination.log_partition(h, J, g, mode="linear"),
+                 lambda: elimination.moments(h, J, g, mode="linear"),
+                 lambda: elimination.sample_exact(key, h, J, g, 10, mode="linear"),
+                 lambda: ising.log_partition(ising.GraphIsingParams(h, J, g), mode="linear")):
+        with pytest.raises(ValueError, match="mode='linear' cannot be trusted.*mode='auto'"):
+            call()
+    # under a caller's jit the flagged linear pass is NaN, never a plausible number
+    assert np.isnan(jax.jit(lambda a, b: elimination.log_partition(a, b, g, mode="linear"))(h, J))
+    x = jax.jit(lambda k, a, b: elimination.sample_exact(k, a, b, g, 10, mode="linear"))(key, h, J)
+    assert np.all(np.isnan(x))
+    # "auto" (log space here) is exact
+    log_z = ref.graph_exact(h.astype(np.float64), J.astype(np.float64), g.edges)[0]
+    assert abs(float(elimination.log_partition(h, J, g)) - log_z) <= 2e-6 * abs(log_z)
