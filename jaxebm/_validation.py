@@ -344,8 +344,8 @@ def optimizer_state(optimizer: optax.GradientTransformation, params: PyTree, opt
 
 def graph_fields(prefix: str, h, J, graph):
     """Validated fields ``h`` (one per node) and couplings ``J`` (one per edge, in the order of
-    ``graph.edges``) of a model on ``graph``, cast to a common float dtype. ``prefix`` names
-    them in errors (``"params."`` gives ``params.h``)."""
+    ``graph.edges``) of a model on ``graph``, cast to a common float dtype, float32 or wider (as
+    dense parameters). ``prefix`` names them in errors (``"params."`` gives ``params.h``)."""
     h = array(f"{prefix}h", h, allow_empty=True)
     J = array(f"{prefix}J", J, allow_empty=True)
     if h.shape != (graph.n,):
@@ -353,7 +353,7 @@ def graph_fields(prefix: str, h, J, graph):
     if J.shape != (graph.num_edges,):
         raise ValueError(f"{prefix}J must have shape ({graph.num_edges},) (one coupling per edge, in the order of "
                          f"graph.edges); got {J.shape}.")
-    dtype = jnp.result_type(h.dtype, J.dtype)
+    dtype = jnp.result_type(h.dtype, J.dtype, jnp.float32)
     h, J = h.astype(dtype), J.astype(dtype)
     check_finite(f"{prefix}h", h)
     check_finite(f"{prefix}J", J)

@@ -640,3 +640,17 @@ def test_explicit_linear_mode_refuses_where_its_guard_fires(rng):
     # "auto" (log space here) is exact
     log_z = ref.graph_exact(h.astype(np.float64), J.astype(np.float64), g.edges)[0]
     assert abs(float(elimination.log_partition(h, J, g)) - log_z) <= 2e-6 * abs(log_z)
+
+
+def test_half_precision_and_integer_parameters_compute_in_float32():
+    # float16 reached the elimination's dtype table (a KeyError); dense parameters promote to float32
+    g = graphs.square_lattice(3, 3, periodic=False)
+    h, J = np.full(g.n, 0.25), np.full(g.num_edges, -0.5)
+    want = ref.graph_exact(h, J, g.edges)[0]
+    for dtype in (np.float16, np.int32):
+        scale = 4 if dtype == np.int32 else 1
+        got = elimination.log_partition((scale * h).astype(dtype), (scale * J).astype(dtype), g)
+        exact = want if scale == 1 else ref.graph_exact(scale * h, scale * J, g.edges)[0]
+        assert got.dtype == jnp.float32 and abs(float(got) - exact) <= 2e-6 * abs(exact)
+    p = ising.GraphIsingParams(h.astype(np.float16), J.astype(np.float16), g)
+    assert abs(float(ising.log_partition(p, mode="linear")) - want) <= 2e-6 * abs(want)
