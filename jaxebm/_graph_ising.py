@@ -223,7 +223,7 @@ def _data_moments(data, graph: Graph):
 
 
 def _moment_arg(name, value, size):
-    value = array(name, value)
+    value = array(name, value, allow_empty=size == 0)  # an edge-less graph has no edge_corr
     if value.shape != (size,):
         raise ValueError(f"{name} must have shape ({size},); got {value.shape}.")
     check_finite(name, value)

@@ -220,8 +220,9 @@ def _graph_slots(theta, graph, symmetric):
     are zero. Symmetric: slot d of spin k holds the coupling of edge ``neighbour_edges[k, d]``."""
     n = graph.n
     h = theta[:n]
-    if symmetric:
-        slots = theta[n:][jnp.asarray(graph.neighbour_edges)]
+    if symmetric:  # padding slots read an appended zero, so an edge-less graph (no J) works
+        edge = np.where(np.asarray(graph.neighbour_mask), np.asarray(graph.neighbour_edges), graph.num_edges)
+        slots = jnp.concatenate([theta[n:], jnp.zeros((1,), theta.dtype)])[edge]
     else:
         slots = theta[n:].reshape(np.shape(graph.neighbours))
     return h, jnp.where(jnp.asarray(graph.neighbour_mask), slots, jnp.zeros((), theta.dtype))
@@ -229,8 +230,8 @@ def _graph_slots(theta, graph, symmetric):
 
 def _graph_couplings(theta, graph, symmetric):
     """One coupling per edge (E,): the shared one, or the mean of the two directed ones."""
-    if symmetric:
-        return theta[graph.n:]
+    if symmetric or graph.num_edges == 0:
+        return theta[graph.n:graph.n + graph.num_edges]
     _, slots = _graph_slots(theta, graph, False)
     return 0.5 * jax.ops.segment_sum(slots.ravel(), jnp.asarray(graph.neighbour_edges).ravel() % graph.num_edges,
                                      num_segments=graph.num_edges)

@@ -175,7 +175,8 @@ def run(optimizer: optax.GradientTransformation, loss_fn: Callable[..., Array], 
             else:
                 value, grads = jax.value_and_grad(value_fn)(params)
         updates, state = optimizer.update(grads, state, params, value=value, grad=grads, value_fn=value_fn)
-        gmax = jnp.max(jnp.stack([jnp.max(jnp.abs(g)) for g in jax.tree_util.tree_leaves(grads)]))
+        # the largest gradient entry (an empty leaf, such as J of an edge-less graph, counts 0)
+        gmax = jnp.max(jnp.stack([jnp.max(jnp.abs(g), initial=0.0) for g in jax.tree_util.tree_leaves(grads)]))
         extra = metrics_fn(params, value, grads, state) if metrics_fn is not None else None
         new = optax.apply_updates(params, updates)
         accepted = None

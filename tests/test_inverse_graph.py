@@ -231,3 +231,67 @@ def test_graph_learning_bad_input():
     apart = data.copy()
     apart[:, 11] = apart[:, 0]
     assert np.isfinite(np.asarray(inverse.pseudolikelihood(apart, graph=graph).J)).all()
+
+
+# ----------------------------------------------------------------- edge-less graphs (independent spins)
+
+
+def _independent_data(m=400, n=9, seed=3):
+    """+-1 data with varied means and no constant column."""
+    rng = np.random.default_rng(seed)
+    return np.where(rng.random((m, n)) < np.linspace(0.2, 0.8, n), 1.0, -1.0)
+
+
+@pytest.mark.parametrize("graph", [graphs.from_edges(9, []), graphs.square_lattice(1, 1)], ids=["n=9", "1x1"])
+@pytest.mark.parametrize("l2", [0.0, 0.3])
+def test_graph_learning_on_an_edgeless_graph_is_independent_spins(graph, l2, x64):
+    """No edges, no couplings: pseudo-likelihood sum_k log 2cosh h_k - mean(x_k) h_k and MPF
+    sum_k mean(exp(-h_k x_k)) are both minimised (the l2 penalty has nothing to act on) at the
+    closed form h_k = atanh(mean_k). They used to fail gathering from the empty coupling vector."""
+    data = _independent_data(n=graph.n)
+    mean = data.mean(0)
+    h_star = np.arctanh(mean)
+    theta = np.linspace(-0.5, 0.5, graph.n)
+    np.testing.assert_allclose(inverse.pseudolikelihood_objective(theta, data, l2=l2, graph=graph),
+                               np.sum(np.log(2 * np.cosh(theta)) - mean * theta), rtol=1e-12)
+    np.testing.assert_allclose(inverse.mpf_objective(theta, data, l2=l2, graph=graph),
+                               np.mean(np.exp(-data * theta), 0).sum(), rtol=1e-12)
+    fits = [inverse.pseudolikelihood(data, l2, graph=graph, tol=1e-10),
+            inverse.pseudolikelihood(data, l2, graph=graph, symmetric=False, tol=1e-10),
+            inverse.mpf(data, l2, graph=graph, tol=1e-10)]
+    for fit in fits:
+        assert isinstance(fit, ising.GraphIsingParams) and fit.graph == graph
+        assert fit.J.shape == (0,)
+        np.testing.assert_allclose(fit.h, h_star, atol=1e-8)
+
+
+@pytest.mark.parametrize("graph", [graphs.from_edges(6, []), graphs.square_lattice(1, 1)], ids=["n=6", "1x1"])
+def test_exact_likelihood_on_an_edgeless_graph(graph, x64):
+    """nll, nll_from_moments and fit on a graph with no edges (they refused the empty edge
+    correlations they computed themselves): log Z = sum_k log 2cosh h_k, against brute force;
+    exact ML is h = atanh(mean)."""
+    import optax
+
+    from tests import reference
+
+    data = _independent_data(m=300, n=graph.n, seed=5)
+    h = np.linspace(-0.8, 1.1, graph.n)
+    params = ising.GraphIsingParams(jnp.asarray(h), jnp.zeros((0,)), graph)
+    want = reference.ising_nll(h, np.zeros((graph.n, graph.n)), data)
+    np.testing.assert_allclose(want, reference.independent_log_z(h) - data.mean(0) @ h, rtol=1e-12)
+    np.testing.assert_allclose(ising.nll(params, data), want, rtol=1e-10)
+    mean, edge_corr = ising.data_moments(data, graph)
+    assert np.shape(edge_corr) == (0,)
+    np.testing.assert_allclose(ising.nll_from_moments(params, mean, edge_corr), want, rtol=1e-10)
+    np.testing.assert_allclose(ising.nll_from_moments(params, mean, []), want, rtol=1e-10)
+    with pytest.raises(ValueError, match="edge_corr"):  # still one correlation per edge: none here
+        ising.nll_from_moments(params, mean, np.zeros(1))
+    # exact ML: the fit reaches atanh(mean), returns the empty J, and resumes from its optimiser state
+    for optimizer in (optax.sgd(0.5), optax.lbfgs()):
+        fitted, info = ising.fit(optimizer, params, data, 200, metrics_fn=lambda p, v, g, s: g.J.shape[0])
+        assert fitted.J.shape == (0,) and fitted.graph == graph
+        np.testing.assert_allclose(fitted.h, np.arctanh(data.mean(0)), atol=1e-6)
+        assert np.all(np.asarray(info.metrics["extra"]) == 0)
+        again, _ = ising.fit(optimizer, fitted, data, 2, opt_state=info.opt_state)
+        np.testing.assert_allclose(again.h, fitted.h, atol=1e-6)
+        ising.fit(optimizer, params, data, 2, opt_state=optimizer.init(params))  # a state made by the user

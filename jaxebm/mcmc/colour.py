@@ -53,7 +53,7 @@ import numpy as np
 from jax import lax
 
 from jaxebm import ising
-from jaxebm._validation import choice
+from jaxebm._validation import choice, prng_key
 from jaxebm.ising import GraphIsingParams
 from jaxebm.mcmc._checks import check_beta, check_state, spin_position
 from jaxebm.mcmc._single_site import SpinState, accept, sweep_info
@@ -266,7 +266,9 @@ def graph_local_field(params, x):
     r"""Local fields :math:`f_i = h_i + \sum_{j\sim i} J_{ij} x_j` of one configuration ``x (n,)``
     of a :class:`~jaxebm.ising.GraphIsingParams` model, by neighbour gathers."""
     g = params.graph
-    Jm = jnp.where(g.neighbour_mask, params.J[g.neighbour_edges], 0)
+    mask = np.asarray(g.neighbour_mask)
+    # Padding slots read the zero appended by _padded, so an edge-less graph (J empty) works.
+    Jm = _padded(params.J)[np.where(mask, np.asarray(g.neighbour_edges), g.num_edges)]
     return params.h + jnp.sum(Jm * x[g.neighbours], axis=-1)
 
 
@@ -323,6 +325,7 @@ def colour_sampler(params, beta=1.0, rule: str = "heat_bath", block_size: int | 
         return graph_init(params, position)
 
     def step(key, state):
+        key = prng_key("key", key)  # on shapes and dtypes, so also when traced
         check_state(state, graph.n)
         if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
             key = jax.random.wrap_key_data(key)
