@@ -80,7 +80,7 @@ def _check_edges(n: int, edges) -> np.ndarray:
     if arr.shape[0] and (arr.min() < 0 or arr.max() >= n):
         bad = int(np.argwhere((arr < 0) | (arr >= n))[0, 0])
         raise ValueError(f"edges must hold node indices in [0, {n - 1}] (n = {n}); edges[{bad}] is "
-                         f"{arr[bad].astype(np.int64).tolist()}.")
+                         f"{arr[bad].tolist()}.")
     arr = arr.astype(np.int64)
     loops = arr[:, 0] == arr[:, 1]
     if loops.any():
@@ -96,6 +96,49 @@ def _check_edges(n: int, edges) -> np.ndarray:
                          f"edges[{where[0]}] and edges[{where[1]}] both join nodes {int(lo[where[0]])} and "
                          f"{int(hi[where[0]])}.")
     return np.stack([lo, hi], axis=1).astype(np.int32)
+
+
+_MAX_NODES = int(np.iinfo(np.int32).max)
+
+
+def _check_colours(n: int, edges: np.ndarray, colour_hint) -> np.ndarray:
+    """A validated proper colouring: (n,) integer labels, different across every edge, renumbered
+    0, 1, ... in increasing order (so that no colour class is empty)."""
+    colours = np.asarray(colour_hint)
+    if colours.shape != (n,):
+        raise ValueError(f"colour_hint must have shape ({n},) (one colour per node); got {colours.shape}.")
+    if colours.dtype == np.bool_ or not (np.issubdtype(colours.dtype, np.integer)
+                                         or np.issubdtype(colours.dtype, np.floating)):
+        raise ValueError(f"colour_hint must hold integer colours; got dtype {colours.dtype}.")
+    if not np.all(np.isfinite(colours)) or not np.all(colours == np.round(colours)):
+        bad = int(np.argmax(~np.isfinite(colours) | (colours != np.round(colours))))
+        raise ValueError(f"colour_hint must hold integer colours; colour_hint[{bad}] is {colours[bad]}.")
+    if edges.shape[0] and np.any(colours[edges[:, 0]] == colours[edges[:, 1]]):
+        bad = int(np.argmax(colours[edges[:, 0]] == colours[edges[:, 1]]))
+        raise ValueError(f"colour_hint must be a proper colouring: edge {edges[bad].tolist()} joins two nodes of "
+                         f"colour {colours[edges[bad, 0]]}.")
+    return np.unique(colours, return_inverse=True)[1].reshape(n).astype(np.int32)
+
+
+def _check_lattice_shape(n: int, shape, periodic) -> tuple[tuple[int, int], tuple[bool, bool]]:
+    """Validated ``(shape, periodic)`` of a lattice: two positive sizes whose product is ``n`` and
+    two bools (both must be given)."""
+    if shape is None or periodic is None:
+        raise ValueError("shape and periodic must be given together (square_lattice sets both); got "
+                         f"shape={shape!r}, periodic={periodic!r}.")
+    try:
+        rows, cols = (count("shape[0]", shape[0]), count("shape[1]", shape[1])) if len(shape) == 2 else (0, 0)
+    except TypeError:
+        rows = cols = 0
+    if rows * cols != n:
+        raise ValueError(f"shape must be (rows, cols) with rows * cols = n = {n}; got {shape!r}.")
+    try:
+        wrap = tuple(periodic) if len(periodic) == 2 else ()
+    except TypeError:
+        wrap = ()
+    if len(wrap) != 2 or not all(isinstance(w, (bool, np.bool_)) for w in wrap):
+        raise ValueError(f"periodic must be a pair of bools (rows wrap, cols wrap); got {periodic!r}.")
+    return (rows, cols), (bool(wrap[0]), bool(wrap[1]))
 
 
 def _check_order(n: int, order) -> np.ndarray:
@@ -130,16 +173,19 @@ class Graph:
 
     def __post_init__(self):
         n = count("n", self.n)
+        if n > _MAX_NODES:
+            raise ValueError(f"n must be at most {_MAX_NODES} (node indices are int32); got {n}.")
         edges = _check_edges(n, self.edges)
         object.__setattr__(self, "n", n)
         object.__setattr__(self, "edges", _frozen(edges))
         if self.order_hint is not None:
             object.__setattr__(self, "order_hint", _frozen(_check_order(n, self.order_hint)))
         if self.colour_hint is not None:
-            colours = np.asarray(self.colour_hint, dtype=np.int32)
-            if colours.shape != (n,) or (edges.shape[0] and np.any(colours[edges[:, 0]] == colours[edges[:, 1]])):
-                raise ValueError("colour_hint must be a proper colouring of shape (n,).")
-            object.__setattr__(self, "colour_hint", _frozen(colours))
+            object.__setattr__(self, "colour_hint", _frozen(_check_colours(n, edges, self.colour_hint)))
+        if self.shape is not None or self.periodic is not None:
+            shape, periodic = _check_lattice_shape(n, self.shape, self.periodic)
+            object.__setattr__(self, "shape", shape)
+            object.__setattr__(self, "periodic", periodic)
         object.__setattr__(self, "_hash", hash((n, edges.shape, edges.tobytes())))
 
     # ----------------------------------------------------------------- identity
@@ -287,6 +333,7 @@ class Graph:
         candidates = []
         candidates.append(np.arange(self.n, dtype=np.int32))
         candidates.append(self._reverse_cuthill_mckee())
+        candidates.append(self._heavy_last_depth_first_order())
         if self.n <= _GREEDY_MAX_NODES:
             candidates.append(self._greedy_frontier_order())
         best, best_cost = None, None
@@ -337,6 +384,48 @@ class Graph:
                     queue.extend(nb.tolist())
             out.extend(queue)
         return np.asarray(out[::-1], dtype=np.int32)
+
+    def _heavy_last_depth_first_order(self) -> np.ndarray:
+        """Pre-order of a breadth-first spanning forest, each node's children taken by increasing
+        subtree size (the largest last). A node leaves the frontier once its last child is in, so
+        on a tree only ancestors of the current light subtrees stay: width at most log2(n) + 1."""
+        offsets, dst, _ = self._csr
+        n = self.n
+        parent = np.full(n, -1, dtype=np.int64)
+        seen = np.zeros(n, dtype=bool)
+        bfs: list[int] = []
+        roots: list[int] = []
+        for root in range(n):
+            if seen[root]:
+                continue
+            seen[root] = True
+            roots.append(root)
+            queue, head = [root], 0
+            while head < len(queue):
+                v = queue[head]
+                head += 1
+                for u in dst[offsets[v]:offsets[v + 1]].tolist():
+                    if not seen[u]:
+                        seen[u] = True
+                        parent[u] = v
+                        queue.append(u)
+            bfs.extend(queue)
+        size = np.ones(n, dtype=np.int64)
+        for v in reversed(bfs):
+            if parent[v] >= 0:
+                size[parent[v]] += size[v]
+        children: list[list[int]] = [[] for _ in range(n)]
+        for v in bfs:
+            if parent[v] >= 0:
+                children[parent[v]].append(v)
+        order: list[int] = []
+        for root in roots:
+            stack = [root]
+            while stack:
+                v = stack.pop()
+                order.append(v)
+                stack.extend(sorted(children[v], key=lambda c: (-size[c], c)))  # largest popped last
+        return np.asarray(order, dtype=np.int32)
 
     def _bfs_levels(self, start: int) -> np.ndarray:
         offsets, dst, _ = self._csr
@@ -426,7 +515,8 @@ def order_width(graph: Graph, order, *, return_cost: bool = False):
     sizes = np.cumsum(diff)[: graph.n] + 1
     w = int(sizes.max())
     if return_cost:
-        return w, float(np.sum(np.exp2(sizes.astype(np.float64))))
+        with np.errstate(over="ignore"):  # a frontier of over 1023 spins costs inf
+            return w, float(np.sum(np.exp2(sizes.astype(np.float64))))
     return w
 
 
@@ -535,7 +625,9 @@ def chain(n: int, *, periodic: bool = False) -> Graph:
     edges = [(i, i + 1) for i in range(n - 1)]
     if periodic and n >= 3:
         edges.append((0, n - 1))
-    return Graph(n, np.asarray(edges, dtype=np.int64).reshape(-1, 2))
+    # a 1 x n lattice: exact answers run as a scan over its spins (compiled once for any n)
+    return Graph(n, np.asarray(edges, dtype=np.int64).reshape(-1, 2), order_hint=np.arange(n),
+                 shape=(1, n), periodic=(False, bool(periodic)))
 
 
 def _rng(key) -> np.random.Generator:

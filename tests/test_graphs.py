@@ -95,6 +95,14 @@ def test_lattice_colouring_and_width():
     assert graphs.square_lattice(5, 9, periodic=(False, True)).width == 10
 
 
+def test_trees_get_a_logarithmic_width():
+    # reverse Cuthill-McKee alone gave a 5000-node random tree width 536 (a table of 2^535)
+    for n in (300, 5000, 20000):
+        tree = graphs.random_tree(0, n)
+        assert tree.width <= math.log2(n) + 1
+        assert graphs.order_width(tree, tree.elimination_order) == tree.width
+
+
 def test_graph_equality_hash_and_static_use():
     a = graphs.square_lattice(4, 4, periodic=False)
     b = graphs.from_edges(16, a.edges[:, ::-1])  # (j, i) pairs are stored as (i, j)
@@ -144,6 +152,50 @@ def test_other_constructors_refuse_bad_input():
         graphs.square_lattice(0, 3)
     with pytest.raises(ValueError, match="graph must be"):
         graphs.width("not a graph")
+
+
+def test_graph_constructor_checks_its_hints_shape_and_size():
+    tri = [[0, 1], [1, 2], [0, 2]]
+    # colour labels are any integers, renumbered 0, 1, ... (a negative label dropped a node from its class)
+    g = graphs.Graph(4, tri, colour_hint=[-1, 5, 1, 2])
+    assert g.colours.tolist() == [0, 3, 1, 2]
+    assert sorted(np.concatenate(g.colour_classes).tolist()) == [0, 1, 2, 3]
+    for hint, match in [([0, 1, 1.7, 2], r"integer colours; colour_hint\[2\] is 1.7"),
+                        ([0, 0, 1, 2], r"proper colouring: edge \[0, 1\] joins two nodes of colour 0"),
+                        ([0, 1, 2], r"shape \(4,\)"), ([True, False, True, False], "integer")]:
+        with pytest.raises(ValueError, match=match):
+            graphs.Graph(4, tri, colour_hint=hint)
+    # shape and periodic: both, well formed (periodic=None crashed the elimination plan)
+    for kw, match in [(dict(shape=(2, 2)), "given together"), (dict(periodic=(True, False)), "given together"),
+                      (dict(shape=(2, 2), periodic="x"), "pair of bools"),
+                      (dict(shape=(3,), periodic=(True, True)), "rows \\* cols = n = 4")]:
+        with pytest.raises(ValueError, match=match):
+            graphs.Graph(4, tri, **kw)
+    assert graphs.Graph(4, tri, shape=[2, 2], periodic=[False, np.bool_(True)]).periodic == (False, True)
+    # node indices are int32: a larger n wrapped them around silently
+    with pytest.raises(ValueError, match="n must be at most 2147483647"):
+        graphs.from_edges(2**31 + 5, [[0, 2**31 + 1]])
+    with pytest.raises(ValueError, match=r"edges\[0\] is \[0.0, 1e\+20\]"):  # printed as given, not cast
+        graphs.from_edges(3, np.array([[0, 1e20]]))
+
+
+def test_long_chains_and_rings_run_as_a_scan():
+    # a chain is a 1 x n lattice: one compiled line step for any n (it unrolled one step per spin)
+    for periodic in (False, True):
+        g = graphs.chain(2000, periodic=periodic)
+        assert elimination._plan(g).kind == "lattice" and elimination.num_slots(g) == 1 + periodic
+    n, K = 2000, 0.3
+    got = float(elimination.log_partition(np.zeros(n, np.float32), np.full(n - 1, K, np.float32), graphs.chain(n)))
+    want = n * math.log(2.0) + (n - 1) * math.log(math.cosh(K))  # zero-field open chain
+    assert abs(got - want) <= 2e-6 * want
+    ring = graphs.chain(9, periodic=True)
+    rng = np.random.default_rng(1)
+    hr, Jr = rng.normal(size=9), rng.normal(size=9)
+    log_z, mean, corr, _ = ref.graph_exact(hr, Jr, ring.edges)
+    got_z, got_mean, got_corr = elimination.moments(hr.astype(np.float32), Jr.astype(np.float32), ring)
+    assert abs(float(got_z) - log_z) <= 2e-6 * abs(log_z)
+    np.testing.assert_allclose(got_mean, mean, atol=3e-6)
+    np.testing.assert_allclose(got_corr, corr, atol=3e-6)
 
 
 # ----------------------------------------------------------------------------- exact answers
@@ -398,6 +450,7 @@ def _chi_square_threshold(dof, false_alarm=1e-6):
     (graphs.square_lattice(3, 3, periodic=True), "linear"),  # lattice plan with a fixed first line
     (graphs.square_lattice(3, 4, periodic=False), "log"),
     (graphs.erdos_renyi(11, 10, 0.35), "auto"),  # generic plan
+    (graphs.chain(10, periodic=True), "linear"),  # lattice plan with lines of one spin
 ])
 @pytest.mark.slow  # a few seconds: full suites run it (pytest -m slow)
 def test_sample_exact_histogram(g, mode, rng):
@@ -481,6 +534,10 @@ def test_refuses_over_budget():
     dense = graphs.from_dense(np.ones((40, 40)) - np.eye(40))  # complete graph: width 40
     with pytest.raises(ValueError, match="width 40"):
         elimination.moments(np.zeros(40), np.zeros(dense.num_edges), dense)
+    # a narrow but huge non-lattice graph: its one-step-per-spin program would compile for hours
+    path = graphs.from_edges(5000, [(i, i + 1) for i in range(4999)])  # width 1, but not a lattice
+    with pytest.raises(ValueError, match=r"compile its 5000 unrolled steps.*max_seconds=600"):
+        elimination.log_partition(np.zeros(path.n), np.zeros(path.num_edges), path)
 
 
 # ----------------------------------------------------------------------------- slow
