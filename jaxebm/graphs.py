@@ -536,7 +536,7 @@ def from_edges(n: int, edges) -> Graph:
 def from_dense(J) -> Graph:
     """The graph of a dense coupling matrix: an edge ``(i, j)``, ``i < j``, wherever
     ``J[i, j] != 0``, in row-major order of the upper triangle (``J[i, j]`` for those edges is
-    then ``J[tuple(graph.edges.T)]``). ``J`` must be square and symmetric."""
+    then ``J[tuple(graph.edges.T)]``). ``J`` must be square and symmetric, with a zero diagonal."""
     try:
         Jn = np.asarray(J)
     except (TypeError, ValueError) as err:
@@ -549,6 +549,10 @@ def from_dense(J) -> Graph:
         raise ValueError("J contains NaN or infinite values; expected finite numbers.")
     if not np.array_equal(Jn != 0, (Jn != 0).T) or not np.allclose(Jn, Jn.T, rtol=1e-6, atol=0):
         raise ValueError("J must be symmetric.")
+    if np.any(np.diagonal(Jn) != 0):  # as dense Ising parameters: x_k x_k = 1 is not an edge
+        k = int(np.flatnonzero(np.diagonal(Jn) != 0)[0])
+        raise ValueError(f"J must have a zero diagonal (a self-coupling x_k x_k = 1 is a constant, not an edge); "
+                         f"got J[{k}, {k}] = {Jn[k, k]}.")
     i, j = np.nonzero(np.triu(Jn != 0, k=1))
     return Graph(Jn.shape[0], np.stack([i, j], axis=1))
 

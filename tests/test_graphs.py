@@ -146,6 +146,8 @@ def test_other_constructors_refuse_bad_input():
         graphs.from_dense(np.triu(np.ones((3, 3)), 1))
     with pytest.raises(ValueError, match="square"):
         graphs.from_dense(np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"zero diagonal .*J\[0, 0\] = 1"):  # it was dropped silently
+        graphs.from_dense([[1, 1], [1, 0]])
     with pytest.raises(ValueError, match="periodic"):
         graphs.square_lattice(3, 3, periodic="yes")
     with pytest.raises(ValueError, match="rows"):
