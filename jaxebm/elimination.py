@@ -813,6 +813,8 @@ def _run(what: str, mode: str, plan: _Plan, traced_fn, *args):
         return traced_fn(*args)
     if mode != "auto":
         value, flag = _compiled(plan, what, mode)(*args)
+        if isinstance(flag, jax.core.Tracer):  # concrete inputs closed over inside a caller's trace
+            return _nan_where_flagged(value, flag)
         if bool(flag):
             dtype = next(a.dtype for a in args if jnp.issubdtype(getattr(a, "dtype", int), jnp.floating))
             bits = _underflow_bits(dtype)
@@ -823,6 +825,8 @@ def _run(what: str, mode: str, plan: _Plan, traced_fn, *args):
                 "to log space here) or mode='log'.")
         return value
     value, flag = _compiled(plan, what, "linear")(*args)
+    if isinstance(flag, jax.core.Tracer):
+        return traced_fn(*args)
     if bool(flag):
         value, _ = _compiled(plan, what, "log")(*args)
     return value

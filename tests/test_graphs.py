@@ -713,3 +713,15 @@ def test_half_precision_and_integer_parameters_compute_in_float32():
         assert got.dtype == jnp.float32 and abs(float(got) - exact) <= 2e-6 * abs(exact)
     p = ising.GraphIsingParams(h.astype(np.float16), J.astype(np.float16), g)
     assert abs(float(ising.log_partition(p, mode="linear")) - want) <= 2e-6 * abs(want)
+
+
+def test_exact_functions_of_a_model_closed_over_in_a_jit():
+    # concrete params inside a caller's trace: the eager dispatch called bool() on a tracer
+    g = graphs.square_lattice(3, 4, periodic=False)
+    p = ising.edwards_anderson(jax.random.key(0), g, beta=0.7)
+    q = ising.edwards_anderson(jax.random.key(1), g, beta=0.5)
+    cold = ising.edwards_anderson(jax.random.key(0), g, beta=20.0, couplings="pm1")  # "auto" runs log space
+    np.testing.assert_allclose(jax.jit(lambda a: ising.kl(a, q))(p), ising.kl(p, q), rtol=1e-6)  # "auto"
+    np.testing.assert_allclose(jax.jit(lambda x: ising.log_partition(p, mode="linear") + x)(0.0),
+                               ising.log_partition(p, mode="linear"), rtol=1e-6)
+    assert np.isnan(jax.jit(lambda x: ising.log_partition(cold, mode="linear") + x)(0.0))  # flagged: NaN
