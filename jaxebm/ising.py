@@ -567,7 +567,7 @@ def _fisher(h, J, graph, chunk_size, devices):
         lambda x: jnp.dot(phi(x), theta, precision=HIGHEST), phi, h.shape[0], max_seconds=math.inf,
         chunk_size=chunk_size, devices=devices)
     cov = second - jnp.outer(mean, mean)
-    return 0.5 * (cov + cov.T)
+    return (0.5 * (cov + cov.T)).astype(h.dtype)  # the dtype of the params (the sums may be wider under x64)
 
 
 def fit(optimizer, params: IsingParams, data: ArrayLike, num_steps: int, *, metrics_fn=None, opt_state=None,

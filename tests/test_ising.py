@@ -311,6 +311,10 @@ def test_fisher_estimate_counts_its_p_squared_statistics(rng):
     np.testing.assert_allclose(ising.fisher(params), reference.ising_fisher(h, J), atol=2e-6)
     with pytest.raises(ValueError, match="chunk_size must be a positive power of two"):
         ising.fisher(params, chunk_size=3)
+    with jax.enable_x64(True):  # float32 params give a float32 matrix (the sums were float64 under x64)
+        f32 = IsingParams(jnp.asarray(h, jnp.float32), jnp.asarray(J, jnp.float32))
+        assert ising.fisher(f32).dtype == jnp.float32
+        np.testing.assert_allclose(ising.fisher(f32), reference.ising_fisher(h, J), atol=2e-6)
 
 
 def test_eager_calls_compile_once():
