@@ -221,7 +221,8 @@ def _model(g, rng, scale=1.0, field=0.5):
 
 
 @pytest.mark.parametrize("name,mode", [(name, "linear") for name in SMALL_GRAPHS]
-                         + [(name, "log") for name in ("torus 3x5", "cylinder rows 4x3", "random n=14")])
+                         + [(name, "log") for name in ("torus 3x5", "cylinder rows 4x3")]
+                         + [pytest.param("random n=14", "log", marks=pytest.mark.slow)])
 def test_exact_against_brute_force_float32(name, mode, rng):
     g = SMALL_GRAPHS[name]()
     h, J = _model(g, rng)

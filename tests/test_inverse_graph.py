@@ -242,7 +242,9 @@ def _independent_data(m=400, n=9, seed=3):
     return np.where(rng.random((m, n)) < np.linspace(0.2, 0.8, n), 1.0, -1.0)
 
 
-@pytest.mark.parametrize("graph", [graphs.from_edges(9, []), graphs.square_lattice(1, 1)], ids=["n=9", "1x1"])
+@pytest.mark.parametrize("graph", [graphs.from_edges(9, []),
+                                   pytest.param(graphs.square_lattice(1, 1), marks=pytest.mark.slow)],
+                         ids=["n=9", "1x1"])
 @pytest.mark.parametrize("l2", [0.0, 0.3])
 def test_graph_learning_on_an_edgeless_graph_is_independent_spins(graph, l2, x64):
     """No edges, no couplings: pseudo-likelihood sum_k log 2cosh h_k - mean(x_k) h_k and MPF
@@ -265,7 +267,8 @@ def test_graph_learning_on_an_edgeless_graph_is_independent_spins(graph, l2, x64
         np.testing.assert_allclose(fit.h, h_star, atol=1e-8)
 
 
-@pytest.mark.parametrize("graph", [graphs.from_edges(6, []), graphs.square_lattice(1, 1)], ids=["n=6", "1x1"])
+@pytest.mark.parametrize("graph", [pytest.param(graphs.from_edges(6, []), marks=pytest.mark.slow),
+                                   graphs.square_lattice(1, 1)], ids=["n=6", "1x1"])
 def test_exact_likelihood_on_an_edgeless_graph(graph, x64):
     """nll, nll_from_moments and fit on a graph with no edges (they refused the empty edge
     correlations they computed themselves): log Z = sum_k log 2cosh h_k, against brute force;
