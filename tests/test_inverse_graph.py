@@ -245,7 +245,7 @@ def _independent_data(m=400, n=9, seed=3):
 @pytest.mark.parametrize("graph", [graphs.from_edges(9, []),
                                    pytest.param(graphs.square_lattice(1, 1), marks=pytest.mark.slow)],
                          ids=["n=9", "1x1"])
-@pytest.mark.parametrize("l2", [0.0, 0.3])
+@pytest.mark.parametrize("l2", [0.0, pytest.param(0.3, marks=pytest.mark.slow)])
 def test_graph_learning_on_an_edgeless_graph_is_independent_spins(graph, l2, x64):
     """No edges, no couplings: pseudo-likelihood sum_k log 2cosh h_k - mean(x_k) h_k and MPF
     sum_k mean(exp(-h_k x_k)) are both minimised (the l2 penalty has nothing to act on) at the
