@@ -222,6 +222,13 @@ def _data_moments(data, graph: Graph):
     return jnp.mean(data, axis=0), jnp.mean(pairs, axis=0)
 
 
+def neighbour_couplings(J, graph: Graph) -> Array:
+    """``(n, D)``: the coupling of each spin's neighbour slot (``graph.neighbour_edges``), zero in
+    padding slots. Padding reads an appended zero, so a graph without edges (``J`` empty) works."""
+    edge = np.where(np.asarray(graph.neighbour_mask), np.asarray(graph.neighbour_edges), graph.num_edges)
+    return jnp.concatenate([J, jnp.zeros((1,), J.dtype)])[edge]
+
+
 def _moment_arg(name, value, size):
     value = array(name, value, allow_empty=size == 0)  # an edge-less graph has no edge_corr
     if value.shape != (size,):

@@ -816,8 +816,7 @@ def _run(what: str, mode: str, plan: _Plan, traced_fn, *args):
         if isinstance(flag, jax.core.Tracer):  # concrete inputs closed over inside a caller's trace
             return _nan_where_flagged(value, flag)
         if bool(flag):
-            dtype = next(a.dtype for a in args if jnp.issubdtype(getattr(a, "dtype", int), jnp.floating))
-            bits = _underflow_bits(dtype)
+            bits = _underflow_bits(jax.tree.leaves(value)[0].dtype)  # the dtype of h and J
             raise ValueError(
                 "mode='linear' cannot be trusted for these parameters: an entry of the elimination table fell "
                 f"below 2^-{bits} of its block maximum, or overflowed (very low temperature or strong couplings), "

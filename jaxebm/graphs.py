@@ -61,6 +61,17 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _check_integer_valued(name: str, arr: np.ndarray, what: str) -> None:
+    """Refuses an array that is not integers or integer-valued finite floats (bools included)."""
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"{name} must hold {what}; got dtype {arr.dtype}.")
+    if np.issubdtype(arr.dtype, np.floating):
+        bad = ~np.isfinite(arr) | (arr != np.round(arr))
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0])
+            raise ValueError(f"{name} must hold {what}; {name}[{row}] is {arr[row].tolist()}.")
+
+
 def _check_edges(n: int, edges) -> np.ndarray:
     """Validated edges as an (E, 2) int32 array with i < j, in the order given."""
     try:
@@ -71,12 +82,7 @@ def _check_edges(n: int, edges) -> np.ndarray:
         arr = np.zeros((0, 2), dtype=np.int64)
     if arr.ndim != 2 or arr.shape[1] != 2:
         raise ValueError(f"edges must be an integer array of shape (E, 2); got shape {arr.shape}.")
-    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise ValueError(f"edges must hold integer node indices; got dtype {arr.dtype}.")
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-            bad = np.argwhere(~np.isfinite(arr) | (arr != np.round(arr)))[0]
-            raise ValueError(f"edges must hold integer node indices; edges[{bad[0]}] is {arr[bad[0]].tolist()}.")
+    _check_integer_valued("edges", arr, "integer node indices")
     if arr.shape[0] and (arr.min() < 0 or arr.max() >= n):
         bad = int(np.argwhere((arr < 0) | (arr >= n))[0, 0])
         raise ValueError(f"edges must hold node indices in [0, {n - 1}] (n = {n}); edges[{bad}] is "
@@ -107,12 +113,7 @@ def _check_colours(n: int, edges: np.ndarray, colour_hint) -> np.ndarray:
     colours = np.asarray(colour_hint)
     if colours.shape != (n,):
         raise ValueError(f"colour_hint must have shape ({n},) (one colour per node); got {colours.shape}.")
-    if colours.dtype == np.bool_ or not (np.issubdtype(colours.dtype, np.integer)
-                                         or np.issubdtype(colours.dtype, np.floating)):
-        raise ValueError(f"colour_hint must hold integer colours; got dtype {colours.dtype}.")
-    if not np.all(np.isfinite(colours)) or not np.all(colours == np.round(colours)):
-        bad = int(np.argmax(~np.isfinite(colours) | (colours != np.round(colours))))
-        raise ValueError(f"colour_hint must hold integer colours; colour_hint[{bad}] is {colours[bad]}.")
+    _check_integer_valued("colour_hint", colours, "integer colours")
     if edges.shape[0] and np.any(colours[edges[:, 0]] == colours[edges[:, 1]]):
         bad = int(np.argmax(colours[edges[:, 0]] == colours[edges[:, 1]]))
         raise ValueError(f"colour_hint must be a proper colouring: edge {edges[bad].tolist()} joins two nodes of "
@@ -122,7 +123,7 @@ def _check_colours(n: int, edges: np.ndarray, colour_hint) -> np.ndarray:
 
 def _check_lattice_shape(n: int, shape, periodic) -> tuple[tuple[int, int], tuple[bool, bool]]:
     """Validated ``(shape, periodic)`` of a lattice: two positive sizes whose product is ``n`` and
-    two bools (both must be given)."""
+    the wrap flags as :func:`square_lattice` takes them (both must be given)."""
     if shape is None or periodic is None:
         raise ValueError("shape and periodic must be given together (square_lattice sets both); got "
                          f"shape={shape!r}, periodic={periodic!r}.")
@@ -132,13 +133,7 @@ def _check_lattice_shape(n: int, shape, periodic) -> tuple[tuple[int, int], tupl
         rows = cols = 0
     if rows * cols != n:
         raise ValueError(f"shape must be (rows, cols) with rows * cols = n = {n}; got {shape!r}.")
-    try:
-        wrap = tuple(periodic) if len(periodic) == 2 else ()
-    except TypeError:
-        wrap = ()
-    if len(wrap) != 2 or not all(isinstance(w, (bool, np.bool_)) for w in wrap):
-        raise ValueError(f"periodic must be a pair of bools (rows wrap, cols wrap); got {periodic!r}.")
-    return (rows, cols), (bool(wrap[0]), bool(wrap[1]))
+    return (rows, cols), _wrap_flags(periodic)
 
 
 def _check_order(n: int, order) -> np.ndarray:

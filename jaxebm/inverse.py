@@ -44,6 +44,7 @@ from jax import lax
 
 from jaxebm import curvature, ising, optim
 from jaxebm._enum.budget import time_limit
+from jaxebm._graph_ising import neighbour_couplings
 from jaxebm._numerics import HIGHEST, log2cosh
 from jaxebm._validation import (
     ConvergenceWarning,
@@ -220,11 +221,9 @@ def _graph_slots(theta, graph, symmetric):
     are zero. Symmetric: slot d of spin k holds the coupling of edge ``neighbour_edges[k, d]``."""
     n = graph.n
     h = theta[:n]
-    if symmetric:  # padding slots read an appended zero, so an edge-less graph (no J) works
-        edge = np.where(np.asarray(graph.neighbour_mask), np.asarray(graph.neighbour_edges), graph.num_edges)
-        slots = jnp.concatenate([theta[n:], jnp.zeros((1,), theta.dtype)])[edge]
-    else:
-        slots = theta[n:].reshape(np.shape(graph.neighbours))
+    if symmetric:
+        return h, neighbour_couplings(theta[n:], graph)
+    slots = theta[n:].reshape(np.shape(graph.neighbours))
     return h, jnp.where(jnp.asarray(graph.neighbour_mask), slots, jnp.zeros((), theta.dtype))
 
 

@@ -53,6 +53,7 @@ import numpy as np
 from jax import lax
 
 from jaxebm import ising
+from jaxebm._graph_ising import neighbour_couplings
 from jaxebm._validation import choice, prng_key
 from jaxebm.ising import GraphIsingParams
 from jaxebm.mcmc._checks import check_beta, check_state, spin_position
@@ -266,10 +267,7 @@ def graph_local_field(params, x):
     r"""Local fields :math:`f_i = h_i + \sum_{j\sim i} J_{ij} x_j` of one configuration ``x (n,)``
     of a :class:`~jaxebm.ising.GraphIsingParams` model, by neighbour gathers."""
     g = params.graph
-    mask = np.asarray(g.neighbour_mask)
-    # Padding slots read the zero appended by _padded, so an edge-less graph (J empty) works.
-    Jm = _padded(params.J)[np.where(mask, np.asarray(g.neighbour_edges), g.num_edges)]
-    return params.h + jnp.sum(Jm * x[g.neighbours], axis=-1)
+    return params.h + jnp.sum(neighbour_couplings(params.J, g) * x[g.neighbours], axis=-1)
 
 
 def graph_log_weight(params, x, local_field):
