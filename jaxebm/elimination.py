@@ -41,8 +41,11 @@ float32 agrees with float64 to about 1e-6 relative in :math:`\log Z`.
 
 Lattices built by :func:`jaxebm.graphs.square_lattice` (open, cylindrical or periodic, at
 least 2 x 2) run as a ``lax.scan`` over lines whose body adds one line
-(compile time independent of the number of lines); other graphs run one unrolled step per
-spin. Plans and compiled functions are cached per (graph, elimination order, dtype, mode).
+(compile time independent of the number of lines). Other graphs of up to 64 spins run one
+unrolled step per spin; larger ones run as a scan whose body switches (``lax.switch``) among
+the few distinct steps (a slot and the slots it couples to), so they compile in about a second
+whatever their size (a 5000-node tree, a 1000-spin band). Plans and compiled functions are
+cached per (graph, elimination order, dtype, mode).
 
 Derivatives are exact. :func:`moments` computes the means and edge correlations (in linear
 mode) by a hand-written forward-backward sweep that keeps only the table at each line start
@@ -133,6 +136,15 @@ class _Plan:
     line_other: tuple[np.ndarray, ...]  # per line position (num_lines, K_p)
     kind: str
     block_bits: int = 0  # linear mode: slots per scale block (set by _plan)
+    # "scan" plans (long non-lattice graphs): ``line`` holds the distinct steps, ``line_branch``
+    # (num_lines, L) says which one each position runs (a lax.switch in an inner scan, so the
+    # program compiles each distinct step once); ``line_other`` is one (num_lines, L, K) array
+    # padded with -1; a step of slot -1 is a no-op padding the first line (its node is n).
+    line_branch: np.ndarray | None = None
+
+    @property
+    def scanned(self) -> bool:
+        return self.line_branch is not None
 
     @property
     def num_lines(self) -> int:
@@ -237,8 +249,9 @@ def _lattice_plan(graph: Graph) -> _Plan | None:
 
 
 def _generic_plan(graph: Graph) -> _Plan:
-    """One unrolled step per spin along ``graph.elimination_order``; a spin's slot is reused
-    once all its neighbours are in (interval scheduling of the spins' lifetimes)."""
+    """One step per spin along ``graph.elimination_order``; a spin's slot is reused once all
+    its neighbours are in (interval scheduling of the spins' lifetimes). Unrolled up to
+    ``_UNROLL_MAX_STEPS`` spins, a scan (:func:`_scan_plan`) beyond."""
     order = graph.elimination_order
     n = graph.n
     pos = np.empty(n, dtype=np.int64)
@@ -279,9 +292,56 @@ def _generic_plan(graph: Graph) -> _Plan:
         others.append(np.asarray([e for _, e in earlier], dtype=np.int32))
         occupant[replace] = v
         slot_of[v] = replace
+    if n > _UNROLL_MAX_STEPS:
+        return _scan_plan(n, graph.num_edges, len(occupant), steps, nodes, olds, others)
     empty = np.zeros((0, 0), dtype=np.int32)
     return _Plan(n, graph.num_edges, len(occupant), tuple(steps), np.asarray(nodes, np.int32),
                  np.asarray(olds, np.int32), tuple(others), (), empty, empty, (), "generic")
+
+
+# Non-lattice graphs up to this many spins unroll one step per spin (fastest to run; XLA's
+# compile time grows about quadratically with the steps); longer ones run as a scan.
+_UNROLL_MAX_STEPS = 64
+_NULL_STEP = _Step(-1, ())
+_BRANCH_MAX_OTHERS = 6
+
+
+def _scan_plan(n, num_edges, num_slots, steps, nodes, olds, others) -> _Plan:
+    """The steps as ``ceil(sqrt(steps))``-long lines of a scan; each position dispatches on
+    its step's (slot, others) among the distinct ones, padded by no-op steps at the start."""
+    L = math.isqrt(len(steps) - 1) + 1
+    num_lines = -(-len(steps) // L)
+    pad = num_lines * L - len(steps)
+    # Steps into one slot share a branch coupled to the union of their other slots (zero
+    # couplings where a step has no edge), up to _BRANCH_MAX_OTHERS slots: a handful of branches
+    # per slot, each compiled once, at about the cost of a step's own coupling pattern.
+    groups: dict[int, list[set]] = {}
+    group_of = []
+    for step in steps:
+        mine = groups.setdefault(step.slot, [])
+        cap = max(_BRANCH_MAX_OTHERS, len(step.others))
+        k = next((k for k, union in enumerate(mine) if len(union | set(step.others)) <= cap), len(mine))
+        if k == len(mine):
+            mine.append(set())
+        mine[k].update(step.others)
+        group_of.append(k)
+    branches = {_NULL_STEP: 0} if pad else {}
+    step_branch = []
+    for step, k in zip(steps, group_of):
+        step_branch.append(branches.setdefault(_Step(step.slot, tuple(sorted(groups[step.slot][k]))), len(branches)))
+    branch_steps = tuple(branches)
+    K = max(1, max(len(b.others) for b in branch_steps))
+    branch = np.asarray([0] * pad + step_branch, np.int32).reshape(num_lines, L)
+    node = np.asarray([n] * pad + list(nodes), np.int32).reshape(num_lines, L)
+    old = np.asarray([-1] * pad + list(olds), np.int32).reshape(num_lines, L)
+    other = np.full((pad + len(steps), K), -1, np.int32)
+    for t, (step, b, edges) in enumerate(zip(steps, step_branch, others)):
+        position = {slot: k for k, slot in enumerate(branch_steps[b].others)}
+        for slot, e in zip(step.others, edges):
+            other[pad + t, position[slot]] = e
+    empty = np.zeros((0,), np.int32)
+    return _Plan(n, num_edges, num_slots, (), empty, empty, (), branch_steps, node, old,
+                 (other.reshape(num_lines, L, K),), "scan", line_branch=branch)
 
 
 _PLANS: dict = {}
@@ -291,7 +351,7 @@ def _plan(graph: Graph) -> _Plan:
     """The cached plan of ``graph`` (keyed by the graph and its elimination order)."""
     if not isinstance(graph, Graph):
         raise ValueError(f"graph must be a jaxebm.graphs.Graph; got {type(graph).__name__}.")
-    key = (graph, graph.elimination_order.tobytes(), _BLOCK_BITS)
+    key = (graph, graph.elimination_order.tobytes(), _BLOCK_BITS, _UNROLL_MAX_STEPS, _BRANCH_MAX_OTHERS)
     plan = _PLANS.get(key)
     if plan is None:
         plan = dataclasses.replace(_lattice_plan(graph) or _generic_plan(graph), block_bits=_BLOCK_BITS)
@@ -329,17 +389,20 @@ def estimate_seconds(graph: Graph, *, mode: str = "linear") -> float:
     return float(plan.num_steps * 2.0**plan.num_slots / rate)
 
 
-# Compile time of the unrolled steps (one per spin of a non-lattice graph), measured for log Z
-# on 2 CPU cores: XLA's compile time grows about quadratically with their number (random trees:
-# 100 steps 3 s, 300 steps 18 s). Lattices compile one line step whatever their size.
+# Compile time, measured for log Z on 2 CPU cores: unrolled steps (non-lattice graphs of at
+# most _UNROLL_MAX_STEPS spins) grow about quadratically (100 steps 3 s, 300 steps 18 s); a scan
+# plan compiles each distinct step once (about 0.1 s each); a lattice compiles one line.
 _COMPILE_SECONDS_PER_STEP = 0.01
 _COMPILE_SECONDS_PER_STEP_SQUARED = 2e-4
+_COMPILE_SECONDS_PER_BRANCH = 0.1
 
 
 def _compile_seconds(plan: _Plan) -> float:
-    """Rough compile time (s) of the plan's unrolled steps."""
+    """Rough compile time (s) of the plan's unrolled steps and a scan plan's distinct steps."""
     steps = len(plan.prefix)
-    return steps * _COMPILE_SECONDS_PER_STEP + steps**2 * _COMPILE_SECONDS_PER_STEP_SQUARED
+    branches = len(plan.line) if plan.scanned else 0
+    return (steps * _COMPILE_SECONDS_PER_STEP + steps**2 * _COMPILE_SECONDS_PER_STEP_SQUARED
+            + branches * _COMPILE_SECONDS_PER_BRANCH)
 
 
 def _power_of_two(n: int) -> str:
@@ -360,9 +423,7 @@ def check_budget(graph: Graph, *, max_seconds: float | None = None, mode: str = 
     seconds = run + compile_seconds
     w = plan.num_slots
     if w > MAX_SLOTS or seconds > limit:
-        compiling = (f", about {compile_seconds:,.3g} s of it to compile its {len(plan.prefix)} unrolled steps "
-                     "(one per spin; a lattice from square_lattice or chain compiles one line)"
-                     if compile_seconds > 0.5 * seconds else "")
+        compiling = f", about {compile_seconds:,.3g} s of it to compile" if compile_seconds > 0.5 * seconds else ""
         raise ValueError(
             f"{what}: summing its {graph.n} spins out along its elimination order (width {graph.width}) keeps a "
             f"table of 2^{w} = {2**w:,} entries over {plan.num_steps} steps (the model has 2^{graph.n} ~ "
@@ -599,8 +660,50 @@ def _prefix_step(carry, plan: _Plan, t: int, h, Jp, mode):
                  Jp[plan.prefix_other[t]], mode)
 
 
+def _branch(step: _Step, plan: _Plan, mode: str):
+    """A scan plan's step as a ``lax.switch`` branch of (carry, h_v, c_old, c_other padded to K)."""
+    if step.slot < 0:
+        return lambda carry, h_v, c_old, c_other: carry
+    k = len(step.others)
+    return lambda carry, h_v, c_old, c_other: _step(carry, step, plan, h_v, c_old, c_other[:k], mode)
+
+
+def _switch(branches):
+    """Call branch ``b`` of ``branches`` (no switch when there is one)."""
+    if len(branches) == 1:
+        return lambda b, *args: branches[0](*args)
+    return lambda b, *args: lax.switch(b, branches, *args)
+
+
+def _branch_bwd(step: _Step, plan: _Plan, K: int):
+    """A scan plan's transposed step (:func:`_step_linear_bwd`) as a switch branch; the
+    adjoints of the other couplings padded to K."""
+
+    def run(carry, h_v, c_old, c_other, g_out):
+        zeros = jnp.zeros((K,), g_out.dtype)
+        if step.slot < 0:
+            return g_out, zeros[0], zeros[0], zeros
+        k = len(step.others)
+        g_t, g_h, g_old, g_other = _step_linear_bwd(carry, step, plan, h_v, c_old, c_other[:k], g_out)
+        return g_t, g_h, g_old, zeros.at[:k].set(g_other)
+
+    return run
+
+
 def _line_body(plan: _Plan, mode: str, keep_tables: bool = False):
     """Scan body adding one line; with ``keep_tables`` it also returns the carries before each step."""
+    if plan.scanned:
+        step = _switch([_branch(s, plan, mode) for s in plan.line])
+
+        def scanned_body(carry, xs):
+            h_line, old_line, other_line, branch_line = xs
+
+            def inner(c, x):
+                return step(x[0], c, *x[1:]), (c if keep_tables else None)
+
+            return lax.scan(inner, carry, (branch_line, h_line, old_line, other_line))
+
+        return scanned_body
 
     def body(carry, xs):
         h_line, old_line, other_line = xs
@@ -617,14 +720,27 @@ def _line_body(plan: _Plan, mode: str, keep_tables: bool = False):
 
 
 def _line_xs(plan: _Plan, h, Jp):
+    """Per-line fields and couplings (a scan plan: its padding steps' node is n, field 0)."""
+    if plan.scanned:
+        hp = jnp.concatenate([h, jnp.zeros((1,), h.dtype)])
+        return (hp[plan.line_node], Jp[plan.line_old], Jp[plan.line_other[0]])
     return (h[plan.line_node], Jp[plan.line_old], tuple(Jp[o] for o in plan.line_other))
+
+
+def _with_branch(plan: _Plan, xs):
+    """The scan's per-line inputs: a scan plan's also say which step each position runs."""
+    return xs + (jnp.asarray(plan.line_branch),) if plan.scanned else xs
+
+
+def _line_length(plan: _Plan) -> int:
+    return int(plan.line_node.shape[1]) if plan.num_lines else 0
 
 
 def _check_memory(plan: _Plan, dtype, what: str) -> None:
     """Refuse when the tables kept for a backward pass (one per line and those of one line,
     a few arrays each) exceed the memory budget."""
     lines = plan.num_lines if _needs_remat(plan, dtype) or what == "exact sampling" else plan.num_steps
-    held = 3 * (lines + max(len(plan.line), len(plan.prefix)) + 2) * 2**plan.num_slots
+    held = 3 * (lines + max(_line_length(plan), len(plan.prefix)) + 2) * 2**plan.num_slots
     held_bytes = held * jnp.dtype(dtype).itemsize
     if held_bytes > _MEMORY_BUDGET_BYTES:
         raise ValueError(f"graph: {what} would hold about {held:,} table entries ({held_bytes / 2**30:.1f} GiB) "
@@ -646,7 +762,7 @@ def _forward(h, J, plan: _Plan, mode: str):
         body = _line_body(plan, mode)
         if _needs_remat(plan, h.dtype):
             body = jax.checkpoint(body)
-        carry, _ = lax.scan(body, carry, _line_xs(plan, h, Jp))
+        carry, _ = lax.scan(body, carry, _with_branch(plan, _line_xs(plan, h, Jp)))
     return carry
 
 
@@ -695,7 +811,7 @@ def _moments_linear(h, J, plan: _Plan):
         def save(c, xs_line):
             return body(c, xs_line)[0], c[:3]
 
-        carry, starts = lax.scan(save, carry, xs)
+        carry, starts = lax.scan(save, carry, _with_branch(plan, xs))
     log_z = _final_log_z(carry, "linear")
     flag = carry[-1]
     # Adjoint of the final table: d log Z / d t = w exp(S - log sum) per block.
@@ -722,7 +838,9 @@ def _moments_linear(h, J, plan: _Plan):
                                                               xs_line[1][p], xs_line[2][p], g)
             return g, (jnp.stack(gh), jnp.stack(go), tuple(gother))
 
-        g, g_line = lax.scan(back, g, (starts, xs), reverse=True)
+        if plan.scanned:
+            back = _scanned_back(plan)
+        g, g_line = lax.scan(back, g, (starts, _with_branch(plan, xs)), reverse=True)
     g_pre = ([None] * len(plan.prefix), [None] * len(plan.prefix), [None] * len(plan.prefix))
     for t in reversed(range(len(plan.prefix))):
         g, a, b, c = _step_linear_bwd(prefix_carries[t], plan.prefix[t], plan, pre_h[t], pre_old[t], pre_other[t], g)
@@ -732,6 +850,32 @@ def _moments_linear(h, J, plan: _Plan):
     _, transpose = jax.vjp(gather, h, Jp)
     gh, gJp = transpose((cot_pre, g_line))
     return (log_z, gh, gJp[:-1]), flag
+
+
+def _scanned_back(plan: _Plan):
+    """:func:`_moments_linear`'s backward line body for a scan plan: an inner scan recomputes
+    the line's tables, a reverse one runs the transposed steps (switching on each position's step)."""
+    K = plan.line_other[0].shape[-1]
+    step = _switch([_branch(s, plan, "linear") for s in plan.line])
+    step_bwd = _switch([_branch_bwd(s, plan, K) for s in plan.line])
+
+    def back(g, inputs):
+        c, (h_line, old_line, other_line, branch_line) = inputs
+        rest = (jnp.zeros((), c[0].dtype),) * 2 + (jnp.zeros((), bool),)  # scales and flag, unused here
+
+        def recompute(c, x):
+            return step(x[0], c + rest, *x[1:])[:3], c
+
+        _, kept = lax.scan(recompute, c, (branch_line, h_line, old_line, other_line))
+
+        def transpose(g, x):
+            kept_p, b, h_v, c_old, c_other = x
+            g, g_h, g_old, g_other = step_bwd(b, kept_p, h_v, c_old, c_other, g)
+            return g, (g_h, g_old, g_other)
+
+        return lax.scan(transpose, g, (kept, branch_line, h_line, old_line, other_line), reverse=True)
+
+    return back
 
 
 def _moments_mode(h, J, plan: _Plan, mode: str):
@@ -927,10 +1071,10 @@ def _entry_log(carry, idx, plan: _Plan, mode: str):
     return jnp.log(t[idx] * w[block]) + S[block]
 
 
-def _back_step(key, idx, carry, step: _Step, plan: _Plan, c_old, mode: str):
-    """Given the flat index after a step, draw the slot's previous occupant from the table
-    before it (``carry``); returns (index before the step, spin of the node added in the step)."""
-    mask = jnp.int32(1 << (plan.num_slots - 1 - step.slot))
+def _back_step(key, idx, carry, slot, plan: _Plan, c_old, mode: str):
+    """Given the flat index after a step into ``slot``, draw the slot's previous occupant from
+    the table before it (``carry``); returns (index before the step, spin of the node added)."""
+    mask = jnp.left_shift(jnp.int32(1), plan.num_slots - 1 - slot).astype(jnp.int32)
     sv = jnp.where((idx & mask) != 0, 1.0, -1.0).astype(carry[0].dtype)
     i0, i1 = idx & ~mask, idx | mask
     l0 = _entry_log(carry, i0, plan, mode) - c_old * sv
@@ -950,7 +1094,7 @@ def _sample_mode(key, h, J, plan: _Plan, mode: str, num_samples: int):
         carry = _prefix_step(carry, plan, t, h, Jp, mode)
     x = jnp.zeros((num_samples, plan.n), h.dtype)
     if plan.num_lines:
-        xs = _line_xs(plan, h, Jp)
+        xs = _with_branch(plan, _line_xs(plan, h, Jp))
         body = _line_body(plan, mode)
 
         def save(c, xs_line):
@@ -965,20 +1109,34 @@ def _sample_mode(key, h, J, plan: _Plan, mode: str, num_samples: int):
         def back(idx, inputs):
             start, xs_line, k = inputs
             _, kept = keep_body(start, xs_line)
+            if plan.scanned:  # the slot of each position's step; the padding steps (slot -1) keep idx
+                slots = jnp.asarray([s.slot for s in plan.line], jnp.int32)[xs_line[3]]
+
+                def draw(idx, x):
+                    before, key_p, slot, c_old = x
+                    new, sv = _back_step(key_p, idx, before, jnp.maximum(slot, 0), plan, c_old, mode)
+                    return jnp.where(slot >= 0, new, idx), sv
+
+                idx, spins = lax.scan(draw, idx, (kept, jax.random.split(k, slots.shape[0]), slots, xs_line[1]),
+                                      reverse=True)
+                return idx, spins.T
             keys = jax.random.split(k, len(plan.line))
             spins = [None] * len(plan.line)
             for p in reversed(range(len(plan.line))):
                 before = jax.tree.map(lambda a, p=p: a[p], kept)
-                idx, spins[p] = _back_step(keys[p], idx, before, plan.line[p], plan, xs_line[1][p], mode)
+                idx, spins[p] = _back_step(keys[p], idx, before, plan.line[p].slot, plan, xs_line[1][p], mode)
             return idx, jnp.stack(spins, axis=1)
 
         line_keys = jax.random.split(key_lines, plan.num_lines)
         idx, line_spins = lax.scan(back, idx, (starts, xs, line_keys), reverse=True)
         # line_spins: (num_lines, num_samples, L)
-        x = x.at[:, plan.line_node.ravel()].set(jnp.transpose(line_spins, (1, 0, 2)).reshape(num_samples, -1))
+        # (a scan plan's padding steps have node n: dropped)
+        x = x.at[:, plan.line_node.ravel()].set(jnp.transpose(line_spins, (1, 0, 2)).reshape(num_samples, -1),
+                                                mode="drop")
     keys = jax.random.split(key_prefix, max(1, len(plan.prefix)))
     for t in reversed(range(len(plan.prefix))):
-        idx, sv = _back_step(keys[t], idx, prefix_carries[t], plan.prefix[t], plan, Jp[plan.prefix_old[t]], mode)
+        idx, sv = _back_step(keys[t], idx, prefix_carries[t], plan.prefix[t].slot, plan, Jp[plan.prefix_old[t]],
+                             mode)
         x = x.at[:, plan.prefix_node[t]].set(sv)
     return x, flag
 
