@@ -41,11 +41,10 @@ float32 agrees with float64 to about 1e-6 relative in :math:`\log Z`.
 
 Lattices built by :func:`jaxebm.graphs.square_lattice` (open, cylindrical or periodic, at
 least 2 x 2) run as a ``lax.scan`` over lines whose body adds one line
-(compile time independent of the number of lines). Other graphs of up to 64 spins run one
-unrolled step per spin; larger ones run as a scan whose body switches (``lax.switch``) among
-the few distinct steps (a slot and the slots it couples to), so they compile in about a second
-whatever their size (a 5000-node tree, a 1000-spin band). Plans and compiled functions are
-cached per (graph, elimination order, dtype, mode).
+(compile time independent of the number of lines). Other graphs run as a scan whose body
+switches (``lax.switch``) among the few distinct steps (a slot and the slots it couples to),
+so they compile in a second or two whatever their size (a 5000-node tree, a 1000-spin band).
+Plans and compiled functions are cached per (graph, elimination order, dtype, mode).
 
 Derivatives are exact. :func:`moments` computes the means and edge correlations (in linear
 mode) by a hand-written forward-backward sweep that keeps only the table at each line start
@@ -250,8 +249,9 @@ def _lattice_plan(graph: Graph) -> _Plan | None:
 
 def _generic_plan(graph: Graph) -> _Plan:
     """One step per spin along ``graph.elimination_order``; a spin's slot is reused once all
-    its neighbours are in (interval scheduling of the spins' lifetimes). Unrolled up to
-    ``_UNROLL_MAX_STEPS`` spins, a scan (:func:`_scan_plan`) beyond."""
+    its neighbours are in (interval scheduling of the spins' lifetimes). The steps run as a
+    scan (:func:`_scan_plan`): unrolled, one step per spin, XLA's compile time grew about
+    quadratically with the spins for log Z and far worse for exact sampling (30 spins: 7 minutes)."""
     order = graph.elimination_order
     n = graph.n
     pos = np.empty(n, dtype=np.int64)
@@ -292,16 +292,9 @@ def _generic_plan(graph: Graph) -> _Plan:
         others.append(np.asarray([e for _, e in earlier], dtype=np.int32))
         occupant[replace] = v
         slot_of[v] = replace
-    if n > _UNROLL_MAX_STEPS:
-        return _scan_plan(n, graph.num_edges, len(occupant), steps, nodes, olds, others)
-    empty = np.zeros((0, 0), dtype=np.int32)
-    return _Plan(n, graph.num_edges, len(occupant), tuple(steps), np.asarray(nodes, np.int32),
-                 np.asarray(olds, np.int32), tuple(others), (), empty, empty, (), "generic")
+    return _scan_plan(n, graph.num_edges, len(occupant), steps, nodes, olds, others)
 
 
-# Non-lattice graphs up to this many spins unroll one step per spin (fastest to run; XLA's
-# compile time grows about quadratically with the steps); longer ones run as a scan.
-_UNROLL_MAX_STEPS = 64
 _NULL_STEP = _Step(-1, ())
 _BRANCH_MAX_OTHERS = 6
 
@@ -351,7 +344,7 @@ def _plan(graph: Graph) -> _Plan:
     """The cached plan of ``graph`` (keyed by the graph and its elimination order)."""
     if not isinstance(graph, Graph):
         raise ValueError(f"graph must be a jaxebm.graphs.Graph; got {type(graph).__name__}.")
-    key = (graph, graph.elimination_order.tobytes(), _BLOCK_BITS, _UNROLL_MAX_STEPS, _BRANCH_MAX_OTHERS)
+    key = (graph, graph.elimination_order.tobytes(), _BLOCK_BITS, _BRANCH_MAX_OTHERS)
     plan = _PLANS.get(key)
     if plan is None:
         plan = dataclasses.replace(_lattice_plan(graph) or _generic_plan(graph), block_bits=_BLOCK_BITS)
@@ -389,9 +382,9 @@ def estimate_seconds(graph: Graph, *, mode: str = "linear") -> float:
     return float(plan.num_steps * 2.0**plan.num_slots / rate)
 
 
-# Compile time, measured for log Z on 2 CPU cores: unrolled steps (non-lattice graphs of at
-# most _UNROLL_MAX_STEPS spins) grow about quadratically (100 steps 3 s, 300 steps 18 s); a scan
-# plan compiles each distinct step once (about 0.1 s each); a lattice compiles one line.
+# Compile time, measured for log Z on 2 CPU cores: unrolled steps (a torus's first line) grow
+# about quadratically (100 steps 3 s, 300 steps 18 s); a scan plan compiles each distinct step
+# once (about 0.1 s each); a lattice compiles one line.
 _COMPILE_SECONDS_PER_STEP = 0.01
 _COMPILE_SECONDS_PER_STEP_SQUARED = 2e-4
 _COMPILE_SECONDS_PER_BRANCH = 0.1
