@@ -135,7 +135,7 @@ class _Plan:
     line_other: tuple[np.ndarray, ...]  # per line position (num_lines, K_p)
     kind: str
     block_bits: int = 0  # linear mode: slots per scale block (set by _plan)
-    # "scan" plans (long non-lattice graphs): ``line`` holds the distinct steps, ``line_branch``
+    # "scan" plans (non-lattice graphs): ``line`` holds the distinct steps, ``line_branch``
     # (num_lines, L) says which one each position runs (a lax.switch in an inner scan, so the
     # program compiles each distinct step once); ``line_other`` is one (num_lines, L, K) array
     # padded with -1; a step of slot -1 is a no-op padding the first line (its node is n).
