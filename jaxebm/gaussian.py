@@ -91,6 +91,11 @@ def _dtype(*arrays):
 def _as_multivariate(x, mean, cov):
     """Returns (x (..., d), mean (d,), cov (d, d), univariate flag) after validation, in one
     floating dtype."""
+    x_shape, mean_shape, cov_shape = np.shape(x), np.shape(mean), np.shape(cov)
+    if (len(mean_shape) == 1 and len(cov_shape) == 2 and 0 < mean_shape[0] != cov_shape[0] == cov_shape[1]
+            and x_shape[-1:] == cov_shape[:1]):  # x and cov agree: the mean is the odd one out
+        raise ValueError(f"mean must have shape ({cov_shape[0]},) to match cov of shape {cov_shape} and x of shape "
+                         f"{x_shape}; got {mean_shape}.")
     mean, cov, univariate = _mean_cov(mean, cov)
     x = _points(x, mean.shape[0], univariate)
     dtype = _dtype(x, mean, cov)

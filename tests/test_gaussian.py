@@ -144,8 +144,10 @@ def test_lists_are_accepted_and_every_argument_is_checked(rng):
         gaussian.log_pdf(x, np.array([0.0, np.nan]), cov)
     with pytest.raises(ValueError, match="mean must not be empty"):
         gaussian.log_pdf(x, np.zeros(0), cov)
+    with pytest.raises(ValueError, match=r"mean must have shape \(2,\) to match cov of shape \(2, 2\) and x"):
+        gaussian.log_pdf(x, np.zeros(1), cov)  # x and cov agree on d = 2: the mean is wrong
     with pytest.raises(ValueError, match=r"cov must have shape \(1, 1\) to match mean"):
-        gaussian.log_pdf(x, np.zeros(1), cov)
+        gaussian.log_pdf(x[:, :1], np.zeros(1), cov)  # x and mean agree on d = 1: the cov is wrong
     with pytest.raises(ValueError, match="x must hold at least one point"):
         gaussian.log_pdf(x[:0], mean, cov)
     with pytest.raises(ValueError, match="x must be a point of shape"):
