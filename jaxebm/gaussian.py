@@ -91,7 +91,10 @@ def _dtype(*arrays):
 def _as_multivariate(x, mean, cov):
     """Returns (x (..., d), mean (d,), cov (d, d), univariate flag) after validation, in one
     floating dtype."""
-    x_shape, mean_shape, cov_shape = np.shape(x), np.shape(mean), np.shape(cov)
+    try:
+        x_shape, mean_shape, cov_shape = np.shape(x), np.shape(mean), np.shape(cov)
+    except ValueError:  # ragged input: the checks below name it
+        x_shape = mean_shape = cov_shape = ()
     if (len(mean_shape) == 1 and len(cov_shape) == 2 and 0 < mean_shape[0] != cov_shape[0] == cov_shape[1]
             and x_shape[-1:] == cov_shape[:1]):  # x and cov agree: the mean is the odd one out
         raise ValueError(f"mean must have shape ({cov_shape[0]},) to match cov of shape {cov_shape} and x of shape "
