@@ -779,6 +779,12 @@ def _final_log_z(carry, mode: str):
     return (g - gc) + local
 
 
+def _unused_carry(dtype):
+    """The global scale, its compensation and the guard flag of a linear carry, for steps whose
+    table alone is recomputed (the backward sweeps keep only table, block scales and multipliers)."""
+    return (jnp.zeros((), dtype),) * 2 + (jnp.zeros((), bool),)
+
+
 def _moments_linear(h, J, plan: _Plan):
     """((log Z, d log Z / dh, d log Z / dJ), guard flag) of the linear pass by a hand-written
     forward-backward sweep: the forward pass keeps the carry at the start of each line (and
@@ -816,7 +822,7 @@ def _moments_linear(h, J, plan: _Plan):
     g_line = None
     if plan.num_lines:
         L = len(plan.line)
-        rest = (jnp.zeros((), h.dtype),) * 2 + (jnp.zeros((), bool),)  # scales and flag, unused here
+        rest = _unused_carry(h.dtype)
 
         def back(g, inputs):
             c, xs_line = inputs
@@ -868,7 +874,7 @@ def _scanned_back(plan: _Plan):
 
     def back(g, inputs):
         c, (h_line, old_line, other_line, branch_line) = inputs
-        rest = (jnp.zeros((), c[0].dtype),) * 2 + (jnp.zeros((), bool),)  # scales and flag, unused here
+        rest = _unused_carry(c[0].dtype)
 
         def recompute(c, x):
             return step(x[0], c + rest, *x[1:])[:3], c
