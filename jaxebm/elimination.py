@@ -48,7 +48,8 @@ Plans and compiled functions are cached per (graph, elimination order, dtype, mo
 
 Derivatives are exact. :func:`moments` computes the means and edge correlations (in linear
 mode) by a hand-written forward-backward sweep that keeps only the table at each line start
-and recomputes a line's tables on the way back (about 4-6 times the cost of log Z on 2 CPU cores);
+and recomputes a line's tables on the way back (about 3.5-7 times the cost of log Z on 2 CPU cores;
+the README says why);
 ``log_partition`` has a custom JVP that uses the same sweep, so ``jax.grad`` of it costs what
 :func:`moments` costs (reverse-mode differentiation of the elimination itself costs 15-25
 times log Z). The sweep holds every scale constant exactly as the forward pass does, so it
