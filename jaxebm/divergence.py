@@ -109,8 +109,11 @@ def kl_from_log_probs(log_p: ArrayLike, log_q: ArrayLike, axis: int = -1) -> Arr
 @functools.partial(jax.jit, static_argnums=(2,))
 def _kl_from_log_probs(log_p, log_q, axis):
     p = jnp.exp(log_p)
-    terms = jnp.where(p > 0, p * (log_p - log_q), 0.0)
-    return jnp.sum(terms, axis=axis)
+    diff = log_p - log_q
+    # a state of p (log_p > -inf, even where exp underflows) that q rules out makes the KL
+    # infinite; states p rules out contribute nothing
+    terms = jnp.where(diff == jnp.inf, jnp.inf, p * diff)
+    return jnp.sum(jnp.where(log_p > -jnp.inf, terms, 0.0), axis=axis)
 
 
 def states_to_codes(x: ArrayLike) -> Array:
@@ -166,8 +169,8 @@ def empirical_log_likelihood(log_prob_fn: Callable[[Array], Array], data: ArrayL
       log_prob_fn: maps a batch ``(M, ...)`` of data to ``(M,)`` normalised log probabilities.
       data: ``(M, ...)`` samples, finite, at least one.
 
-    A NaN log probability is refused (when concrete); ``-inf`` (a sample the model cannot
-    produce) gives ``-inf``.
+    A NaN or ``+inf`` log probability is refused (when concrete); ``-inf`` (a sample the
+    model cannot produce) gives ``-inf``.
     """
     if not callable(log_prob_fn):
         raise ValueError(f"log_prob_fn must be a callable (M, ...) -> (M,); got {type(log_prob_fn).__name__}.")
@@ -179,6 +182,11 @@ def empirical_log_likelihood(log_prob_fn: Callable[[Array], Array], data: ArrayL
     if not hasattr(values, "shape") or values.shape != data.shape[:1]:
         raise ValueError(f"log_prob_fn must return shape ({data.shape[0]},); got "
                          f"{getattr(values, 'shape', type(values).__name__)}.")
-    if is_concrete(values) and np.isnan(np.asarray(values)).any():
-        raise ValueError("log_prob_fn returned NaN for some sample; expected log probabilities.")
+    if is_concrete(values):
+        v = np.asarray(values)
+        if np.isnan(v).any():
+            raise ValueError("log_prob_fn returned NaN for some sample; expected log probabilities.")
+        if np.any(v == np.inf):
+            raise ValueError("log_prob_fn returned +inf for some sample; a normalised log probability is at most "
+                             "0 for a discrete model and finite for a density.")
     return jnp.mean(values)

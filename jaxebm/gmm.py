@@ -14,8 +14,10 @@ distribution to the posterior, closing the gap :math:`\log p(x) - \mathrm{ELBO}(
 \mathrm{KL}(r\,\|\,p(z\mid x))`, and the M-step maximises the Q function.
 
 The parameterisation and conventions follow scikit-learn's ``GaussianMixture`` (covariance
-shapes, ``reg_covar``, the ``10 eps`` added to :math:`N_k`, convergence on the change of the
-mean log-likelihood), so that results agree to ~1e-7 in float64.
+shapes, ``reg_covar``, convergence on the change of the mean log-likelihood), so that results
+agree to ~1e-7 in float64. One deliberate difference: :math:`N_k` is not padded by
+scikit-learn's ``10 eps`` (with ``sample_weight`` that bias grew as the weights' overall scale
+shrank; the result must not depend on it); an empty component keeps weight 0.
 
 **Numerics, and the matmul form.** Data are shifted by a centre :math:`c` (the data mean in
 :func:`fit`; in :func:`e_step` the mixture mean :math:`\sum_k C_k\mu_k`, which depends on the
@@ -29,19 +31,28 @@ the Mahalanobis term is
 :math:`r^\top u(z)`, from which :math:`\Sigma_k = \overline{zz^\top}_k - m_k m_k^\top`. Because
 the data are centred, float32 rounding stays at the level of
 :math:`\epsilon\,\lVert m_k\rVert^2/\lambda_{\min}(\Sigma_k)`, never that of the raw data's
-offset. Erratum (3.70): the term :math:`\tfrac12\det(\Sigma^{-1})` should read
+offset; where that bound exceeds :math:`10^{-3}` the EM functions refuse (see below).
+Erratum (3.70): the term :math:`\tfrac12\det(\Sigma^{-1})` should read
 :math:`\tfrac12\ln\det(\Sigma^{-1})`.
 
 **Validation and compilation** (issue #12). Every public function checks its inputs and raises
 a ``ValueError`` naming the argument: ``params`` (a :class:`GMMParams` of consistent shapes,
-finite, weights a distribution, covariances symmetric positive definite and factorable in
-the working dtype), ``x`` (a finite ``(n_samples, n_features)`` matrix whose squares fit the
-dtype: rescale it or use float64 otherwise; where parameters are estimated, at least
-``n_components`` distinct samples), counts (positive integers, never truncated), ``tol`` and ``reg_covar``
-(finite, >= 0) and ``sample_weight`` (finite, >= 0, positive sum; where parameters are
-estimated, at least ``n_components`` positive entries), ``stats`` (an :class:`EStepStats`
-of consistent shapes). Value checks need
-concrete arrays: under a caller's ``jit`` only shapes are checked, so call
+finite, weights a distribution, covariances symmetric positive definite and, for full and
+tied covariances, conditioned well enough for the working dtype: the condition number
+:math:`\kappa` of each correlation matrix must have :math:`\kappa\,\epsilon \le 10^{-3}`,
+beyond which log-densities would err by up to :math:`\kappa\,\epsilon`), ``x`` (a finite
+``(n_samples, n_features)`` matrix whose squares fit the dtype: rescale it or use float64
+otherwise; where parameters are estimated, at least ``n_components`` distinct samples),
+counts (positive integers, never truncated), ``tol`` and ``reg_covar`` (finite, >= 0) and
+``sample_weight`` (finite, >= 0, positive sum; where parameters are estimated, at least
+``n_components`` positive entries), ``stats`` (an :class:`EStepStats` of consistent shapes).
+The functions that run EM's statistics (:func:`e_step`, :func:`m_step`, :func:`em_step`,
+:func:`em`, :func:`initialize`, :func:`fit`) also refuse mixtures whose one-matmul form
+would lose more than :math:`10^{-3}` relative accuracy: a component whose mean lies more than
+:math:`\sqrt{10^{-3}/\epsilon}` of its narrowest standard deviations from the data's centre
+(92 in float32; use float64). :func:`log_prob` and the other densities compute each
+component from its own differences :math:`x_i - \mu_k`, so they are exact however far apart
+the components lie. Value checks need concrete arrays: under a caller's ``jit`` only shapes are checked, so call
 :func:`validate_params` eagerly first. The work runs in module-level jitted functions keyed
 on shapes, dtypes and the covariance type, so a second eager call with new values of the
 same shapes compiles nothing.
@@ -50,6 +61,7 @@ same shapes compiles nothing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 from typing import NamedTuple
@@ -63,8 +75,10 @@ from jax.scipy.special import entr
 
 from jaxebm._numerics import HIGHEST
 from jaxebm._validation import (
+    CONDITION_TOLERANCE,
     ConvergenceWarning,
     array,
+    check_conditioning,
     check_finite,
     check_ndim,
     check_shape,
@@ -243,23 +257,60 @@ def _check_positive_definite(name: str, covs: np.ndarray, covariance_type: str, 
             raise ValueError(f"{name} must be symmetric; max |S - S^T| = "
                              f"{np.max(np.abs(mats - np.swapaxes(mats, -1, -2))):.3g}.")
         eig = np.linalg.eigvalsh(mats)
-        smallest, largest = eig[:, 0], eig[:, -1]
+        smallest = eig[:, 0]
     else:
-        smallest = largest = c.reshape(-1)
+        smallest = c.reshape(-1)
     k = int(np.argmin(smallest))
     if smallest[k] <= 0:
         raise ValueError(f"{name} must be positive definite; smallest eigenvalue {smallest[k]:.3g}.")
     if covariance_type in ("full", "tied"):
-        # positive definite in exact arithmetic, but is it in the working dtype?
-        try:
-            factor_ok = np.all(np.isfinite(np.linalg.cholesky(covs.reshape((-1, d, d)))))
-        except np.linalg.LinAlgError:
-            factor_ok = False
-        if not factor_ok:
-            k = int(np.argmin(smallest / largest))
-            raise ValueError(f"{name} is singular to working precision ({covs.dtype}): a covariance has condition "
-                             f"number {largest[k] / smallest[k]:.3g} and no Cholesky factor in {covs.dtype}. "
-                             "Regularise it (reg_covar) or use float64.")
+        # positive definite in exact arithmetic, but accurate enough in the working dtype? (A
+        # NumPy Cholesky succeeding was not enough: XLA's could fail, and where both succeed the
+        # densities still erred by up to kappa * eps.)
+        check_conditioning(name, covs.reshape((-1, d, d)), covs.dtype)
+
+
+def _separation(params: GMMParams, centre) -> tuple[float, int]:
+    """``(loss, k)``: the relative accuracy EM's one-matmul form loses on ``params`` with the
+    data centred at ``centre``, about ``eps * |mu_k - centre|^2 / lambda_min(Sigma_k)`` (the
+    squared distance of component k's mean in its narrowest standard deviations), at its worst
+    component ``k``; ``(0, 0)`` for traced values."""
+    leaves = (params.means, params.covs, centre)
+    if not all(is_concrete(a) for a in leaves):
+        return 0.0, 0
+    means, covs, c = (np.asarray(a, np.float64) for a in leaves)
+    K, d = means.shape
+    if params.covariance_type in ("full", "tied"):
+        smallest = np.linalg.eigvalsh(np.nan_to_num(covs.reshape((-1, d, d))))[:, 0]
+    else:
+        smallest = covs.reshape((K, -1)).min(axis=1)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # not positive definite: infinite
+        ratio = np.sum((means - c) ** 2, axis=1) / np.maximum(smallest, np.finfo(np.float64).tiny)
+    ratio = np.nan_to_num(ratio, nan=0.0)
+    k = int(np.argmax(ratio))
+    return float(ratio[k] * np.finfo(np.dtype(params.means.dtype)).eps), k
+
+
+def _separated(params: GMMParams, centre) -> bool:
+    """Would EM's one-matmul form lose more than ``CONDITION_TOLERANCE`` relative accuracy
+    (about 92 standard deviations between a mean and the centre in float32)? Then the EM
+    functions run the two-pass form (each component from its own differences) instead."""
+    return _separation(params, centre)[0] > CONDITION_TOLERANCE
+
+
+def _check_separation(params: GMMParams, centre, name: str, what: str) -> None:
+    """Refuses (naming ``name``) statistics that :func:`_separated` flags: :func:`e_step`'s
+    additive statistics centre the data once, so they cannot use the two-pass form."""
+    loss, k = _separation(params, centre)
+    if loss > CONDITION_TOLERANCE:
+        dtype = np.dtype(params.means.dtype).name
+        distance = np.sqrt(loss / float(np.finfo(dtype).eps))
+        raise ValueError(
+            f"{name}: {what} component {k} has its mean {distance:.3g} of its narrowest "
+            "standard deviations from the centre of the statistics, so these statistics (the data centred once, "
+            f"one matmul for all components) would lose about {loss:.1g} relative accuracy in {dtype} (the limit "
+            f"is {CONDITION_TOLERANCE:g}). Use float64 (jax.config.update('jax_enable_x64', True)), or em_step / "
+            "em / fit, which switch to a two-pass form there.")
 
 
 def validate_params(params: GMMParams, n_features: int | None = None, name: str = "params") -> GMMParams:
@@ -267,8 +318,9 @@ def validate_params(params: GMMParams, n_features: int | None = None, name: str 
 
     Raises ValueError on a wrong type or bad shapes (always) and on non-finite or invalid
     values (when concrete): weights must be non-negative and sum to 1; covariances symmetric
-    and positive definite (and not singular to working precision). Under a caller's
-    ``jax.jit`` only shapes are checked: call this eagerly on the inputs first.
+    and positive definite, full and tied ones conditioned well enough for the working dtype
+    (see the module docstring). Under a caller's ``jax.jit`` only shapes are checked: call
+    this eagerly on the inputs first.
     """
     return _params(params, n_features, name)
 
@@ -480,9 +532,29 @@ def _inputs(params, x, *, n_components: bool = False) -> tuple[GMMParams, Array]
     return params, x
 
 
+def _log_gauss_exact(params: GMMParams, x: Array) -> Array:
+    r"""``(n, K)`` log N(x_i | mu_k, Sigma_k) from each component's own differences
+    :math:`x_i - \mu_k` (a triangular solve per component): no cancellation however far the
+    components lie from one another, at K small matmuls instead of one."""
+    K, d = params.means.shape
+    diff = x[None, :, :] - params.means[:, None, :]  # (K, n, d)
+    if params.covariance_type in ("full", "tied"):
+        covs = params.covs if params.covariance_type == "full" else jnp.broadcast_to(params.covs, (K, d, d))
+        L = jnp.linalg.cholesky(covs)
+        y = solve_triangular(L, jnp.swapaxes(diff, 1, 2), lower=True)  # (K, d, n)
+        maha = jnp.sum(y * y, axis=1)
+        log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
+    else:
+        var = params.covs if params.covariance_type == "diag" else jnp.broadcast_to(params.covs[:, None], (K, d))
+        maha = jnp.sum(diff * diff / var[:, None, :], axis=-1)
+        log_det = jnp.sum(jnp.log(var), axis=-1)
+    return -0.5 * (d * math.log(2 * math.pi) + log_det[:, None] + maha).T
+
+
 def _components(params: GMMParams, x: Array) -> Array:
-    z, u, centre = _prepare(params, x)
-    return _log_gauss(params, z, u, centre) + jnp.log(params.weights)
+    r"""``(n, K)`` :math:`\ln C_k + \ln N(x_i\mid\mu_k,\Sigma_k)`, exactly as each component
+    sees it (the densities a user asks for; EM's inner loop uses the one-matmul form)."""
+    return _log_gauss_exact(params, jnp.asarray(x)) + jnp.log(params.weights)
 
 
 # Module-level jitted work, cached on the shapes, dtypes and covariance type (a static
@@ -545,17 +617,21 @@ def _m_step(stats: EStepStats, covariance_type: str, reg_covar: float, centre: A
     dtype = stats.sum_z.dtype
     if centre is None:
         centre = (stats.weighted_centre / stats.total_weight).astype(dtype)
-    nk = stats.nk + 10 * jnp.finfo(dtype).eps  # as scikit-learn, so empty components stay finite
-    m = stats.sum_z / nk[:, None]
+    # Exact N_k, not scikit-learn's N_k + 10 eps, whose bias grew as sample_weight shrank (the
+    # result must not depend on the weights' overall scale); an empty component (N_k = 0) keeps
+    # weight 0, mean c and covariance reg_covar I.
+    nk = stats.nk
+    safe = jnp.where(nk > 0, nk, 1.0)
+    m = stats.sum_z / safe[:, None]
     d = m.shape[1]
     if covariance_type == "full":
-        covs = stats.sum_zz / nk[:, None, None] - m[:, :, None] * m[:, None, :]
+        covs = stats.sum_zz / safe[:, None, None] - m[:, :, None] * m[:, None, :]
         covs = covs + reg_covar * jnp.eye(d, dtype=dtype)
     elif covariance_type == "tied":
         between = jnp.einsum("k,ka,kb->ab", nk, m, m, precision=HIGHEST)
         covs = (stats.sum_zz - between) / jnp.sum(nk) + reg_covar * jnp.eye(d, dtype=dtype)
     else:
-        var = stats.sum_zz / nk[:, None] - m * m + reg_covar
+        var = stats.sum_zz / safe[:, None] - m * m + reg_covar
         covs = var if covariance_type == "diag" else jnp.mean(var, axis=1)
     return GMMParams(nk / jnp.sum(nk), m + centre, covs, covariance_type)
 
@@ -576,9 +652,42 @@ def _em_step_x(params, x, reg_covar, sample_weight):
     return _m_step(stats, params.covariance_type, reg_covar), loglik
 
 
+def _m_step_exact(rw: Array, x: Array, covariance_type: str, reg_covar) -> GMMParams:
+    r"""The M-step from weighted responsibilities ``rw`` ``(n, K)`` in two passes, as
+    scikit-learn: the means first, then each covariance from its own differences
+    :math:`x_i - \mu_k` (no cancellation however far apart the components lie)."""
+    d = x.shape[1]
+    nk = jnp.sum(rw, axis=0)
+    safe = jnp.where(nk > 0, nk, 1.0)  # an empty component: mean c, covariance reg_covar I, weight 0
+    centre = jnp.mean(x, axis=0)
+    means = centre + jnp.dot(rw.T, x - centre, precision=HIGHEST) / safe[:, None]
+    diff = x[None, :, :] - means[:, None, :]  # (K, n, d)
+    if covariance_type in ("full", "tied"):
+        scatter = jnp.einsum("nk,kna,knb->kab", rw, diff, diff, precision=HIGHEST)
+        eye = jnp.eye(d, dtype=x.dtype)
+        covs = (scatter / safe[:, None, None] if covariance_type == "full" else jnp.sum(scatter, 0) / jnp.sum(nk))
+        covs = covs + reg_covar * eye
+    else:
+        var = jnp.einsum("nk,kna->ka", rw, diff * diff, precision=HIGHEST) / safe[:, None] + reg_covar
+        covs = var if covariance_type == "diag" else jnp.mean(var, axis=1)
+    return GMMParams(nk / jnp.sum(nk), means, covs, covariance_type)
+
+
+def _em_step_exact(params, x, reg_covar, sample_weight):
+    """One EM iteration from each component's own differences (:func:`_log_gauss_exact`,
+    :func:`_m_step_exact`): what EM runs where its one-matmul form would lose accuracy."""
+    weighted = _components(params, x)
+    log_norm = jax.nn.logsumexp(weighted, axis=-1)
+    resp = jnp.exp(weighted - log_norm[:, None])
+    w = jnp.ones_like(log_norm) if sample_weight is None else sample_weight
+    loglik = jnp.sum(w * log_norm) / jnp.sum(w)
+    return _m_step_exact(resp * w[:, None], x, params.covariance_type, reg_covar), loglik
+
+
 _jit_e_step = jax.jit(_e_step_x)
 _jit_m_step = jax.jit(_m_step, static_argnums=(1,))
 _jit_em_step = jax.jit(_em_step_x)
+_jit_em_step_exact = jax.jit(_em_step_exact)
 
 
 def e_step(params: GMMParams, x: ArrayLike, sample_weight: ArrayLike | None = None) -> tuple[EStepStats, Array]:
@@ -597,6 +706,7 @@ def e_step(params: GMMParams, x: ArrayLike, sample_weight: ArrayLike | None = No
     ``sample_weight``: optional ``(n,)`` weights, finite and >= 0 with a positive sum.
     """
     params, x = _inputs(params, x)
+    _check_separation(params, _mixture_mean(params), "params", "the mixture's")
     return _jit_e_step(params, x, _sample_weight(sample_weight, x.shape[0], x.dtype))
 
 
@@ -624,7 +734,10 @@ def m_step(stats: EStepStats, x: ArrayLike, covariance_type: str = "full", reg_c
     stats = _stats_checked(stats, covariance_type, data_features=_n_columns(x))
     d = stats.sum_z.shape[1]
     _data(x, n_features=d, match=f"stats (stats.sum_z has shape {tuple(stats.sum_z.shape)})")  # checked, not used
-    return _jit_m_step(stats, covariance_type, regulariser("reg_covar", reg_covar))
+    params = _jit_m_step(stats, covariance_type, regulariser("reg_covar", reg_covar))
+    centre = stats.weighted_centre / stats.total_weight
+    _check_separation(params, centre, "stats", "the new mixture's")
+    return params
 
 
 def em_step(params: GMMParams, x: ArrayLike, reg_covar: float = 1e-6,
@@ -640,6 +753,8 @@ def em_step(params: GMMParams, x: ArrayLike, reg_covar: float = 1e-6,
     reg_covar = regulariser("reg_covar", reg_covar)
     sample_weight = _sample_weight(sample_weight, x.shape[0], x.dtype, params.n_components)
     _check_distinct(x, sample_weight, params.n_components)
+    if _separated(params, _mixture_mean(params)):
+        return _jit_em_step_exact(params, x, reg_covar, sample_weight)
     return _jit_em_step(params, x, reg_covar, sample_weight)
 
 
@@ -665,15 +780,23 @@ def em(params: GMMParams, x: Array, *, max_iter: int = 100, tol: float = 1e-3, r
       mean log-likelihood at each E-step (NaN after ``n_iter``).
     """
     params, x = _inputs(params, x, n_components=True)
+    # one dtype for the loop's carry (as em_step, which promotes params and x alike)
+    dtype = jnp.result_type(params.weights, params.means, params.covs, x)
+    params, x = jax.tree_util.tree_map(lambda a: a.astype(dtype), params), x.astype(dtype)
     max_iter = count("max_iter", max_iter)
     tol = finite_scalar("tol", tol, minimum=0.0)
     reg_covar = regulariser("reg_covar", reg_covar)
     sample_weight = _sample_weight(sample_weight, x.shape[0], x.dtype, params.n_components)
     _check_distinct(x, sample_weight, params.n_components)
-    return _jit_em_one(params, x, max_iter, tol, reg_covar, sample_weight)
+    centre = jnp.mean(x, axis=0)
+    exact = _separated(params, centre)
+    result = _jit_em_one(params, x, max_iter, tol, reg_covar, sample_weight, exact)
+    if not exact and _separated(result[0], centre):  # drifted apart: run again in the two-pass form
+        result = _jit_em_one(params, x, max_iter, tol, reg_covar, sample_weight, True)
+    return result
 
 
-def _em(params, x, max_iter, tol, reg_covar, sample_weight):
+def _em(params, x, max_iter, tol, reg_covar, sample_weight, exact=False):
     z, u, centre = _prepare(params, x)
     dtype = z.dtype
     history = jnp.full((max_iter,), jnp.nan, dtype)
@@ -684,8 +807,11 @@ def _em(params, x, max_iter, tol, reg_covar, sample_weight):
 
     def body(carry):
         params, history, it, _, cur, _ = carry
-        stats, loglik = _e_step(params, z, u, centre, sample_weight)
-        new = _m_step(stats, params.covariance_type, reg_covar, centre)
+        if exact:
+            new, loglik = _em_step_exact(params, x, reg_covar, sample_weight)
+        else:
+            stats, loglik = _e_step(params, z, u, centre, sample_weight)
+            new = _m_step(stats, params.covariance_type, reg_covar, centre)
         return new, history.at[it].set(loglik), it + 1, cur, loglik, jnp.bool_(False)
 
     inf = jnp.array(jnp.inf, dtype)
@@ -696,7 +822,7 @@ def _em(params, x, max_iter, tol, reg_covar, sample_weight):
     return params, history, n_iter, converged
 
 
-_jit_em_one = jax.jit(_em, static_argnums=(2,))
+_jit_em_one = jax.jit(_em, static_argnums=(2, 6))
 
 
 # --------------------------------------------------------------------------------------
@@ -706,7 +832,8 @@ _jit_em_one = jax.jit(_em, static_argnums=(2,))
 
 def _q(params, params_old, x):
     resp = jax.nn.softmax(_components(params_old, x), axis=-1)
-    return jnp.mean(jnp.sum(resp * _components(params, x), axis=-1))
+    joint = _components(params, x)  # -inf where a weight is 0: the where keeps 0 * -inf out, as in _elbo
+    return jnp.mean(jnp.sum(jnp.where(resp > 0, resp * joint, 0.0), axis=-1))
 
 
 def _elbo(params, resp, x):
@@ -881,7 +1008,8 @@ def initialize(key: PRNGKey, x: Array, n_components: int, covariance_type: str =
 
     * ``"kmeans++"``: hard assignment to k-means++ seeds (JAX-native);
     * ``"random"``: uniform random responsibilities, normalised;
-    * ``"random_from_data"``: K distinct data points, each the only member of its component.
+    * ``"random_from_data"``: K distinct data points (drawn in proportion to ``sample_weight``:
+      a zero weight is never drawn), each the only member of its component.
 
     ``x``, ``n_components``, ``reg_covar`` and ``sample_weight`` are validated as in :func:`fit`.
     """
@@ -893,10 +1021,13 @@ def initialize(key: PRNGKey, x: Array, n_components: int, covariance_type: str =
     reg_covar = regulariser("reg_covar", reg_covar)
     sample_weight = _sample_weight(sample_weight, x.shape[0], x.dtype, n_components)
     _check_distinct(x, sample_weight, n_components)
-    return _jit_initialize_one(key, x, n_components, covariance_type, init, reg_covar, sample_weight)
+    params = _jit_initialize_one(key, x, n_components, covariance_type, init, reg_covar, sample_weight)
+    if _separated(params, jnp.mean(x, axis=0)):  # the M-step in the two-pass form instead
+        params = _jit_initialize_one(key, x, n_components, covariance_type, init, reg_covar, sample_weight, True)
+    return params
 
 
-def _initialize(key, x, n_components, covariance_type, init, reg_covar, sample_weight):
+def _initialize(key, x, n_components, covariance_type, init, reg_covar, sample_weight, exact=False):
     n = x.shape[0]
     if init == "kmeans++":
         centres = x[_kmeans_plus_plus(key, x, n_components, sample_weight)]
@@ -907,16 +1038,20 @@ def _initialize(key, x, n_components, covariance_type, init, reg_covar, sample_w
         resp = jax.random.uniform(key, (n, n_components), x.dtype)
         resp = resp / jnp.sum(resp, axis=1, keepdims=True)
     else:  # "random_from_data"
-        chosen = jax.random.choice(key, n, (n_components,), replace=False)
+        # distinct points drawn as from the weighted data (a zero weight removes a sample)
+        p = None if sample_weight is None else sample_weight / jnp.sum(sample_weight)
+        chosen = jax.random.choice(key, n, (n_components,), replace=False, p=p)
         resp = jnp.zeros((n, n_components), x.dtype).at[chosen, jnp.arange(n_components)].set(1.0)
+    w = jnp.ones((n,), x.dtype) if sample_weight is None else sample_weight
+    if exact:
+        return _m_step_exact(resp * w[:, None], x, covariance_type, reg_covar)
     centre = jnp.mean(x, axis=0)
     z = x - centre
     u = _quadratic_features(z) if covariance_type in ("full", "tied") else None
-    w = jnp.ones((n,), x.dtype) if sample_weight is None else sample_weight
     return _m_step(_stats(resp, z, u, w, covariance_type, centre), covariance_type, reg_covar, centre)
 
 
-_jit_initialize_one = jax.jit(_initialize, static_argnums=(2, 3, 4))
+_jit_initialize_one = jax.jit(_initialize, static_argnums=(2, 3, 4, 7))
 
 
 def fit(key: PRNGKey, x: ArrayLike, n_components: int, *, covariance_type: str = "full",
@@ -975,28 +1110,20 @@ def fit(key: PRNGKey, x: ArrayLike, n_components: int, *, covariance_type: str =
             raise ValueError(f"init must be 'kmeans++', 'random', 'random_from_data' or a GMMParams; got {init!r}.")
         keys = jax.random.split(key, n_init)
         starts = _jit_initialize(keys, x, n_components, covariance_type, init, reg_covar, sample_weight)
+        if _any_separated(starts, x):  # the initial M-step in the two-pass form too
+            starts = _jit_initialize(keys, x, n_components, covariance_type, init, reg_covar, sample_weight, True)
 
-    params, history, n_iter, converged = _jit_em(starts, x, max_iter, tol, reg_covar,
-                                                 sample_weight)
-    history = np.asarray(history)
-    n_iter = np.asarray(n_iter)
-    finals = np.array([history[r, n_iter[r] - 1] for r in range(history.shape[0])])
-    leaves_ok = np.all([np.all(np.isfinite(np.asarray(leaf)), axis=tuple(range(1, np.ndim(leaf))))
-                        for leaf in jax.tree_util.tree_leaves(params)], axis=0)
-    if not np.any(leaves_ok & np.isfinite(finals)):
-        raise ValueError(
-            "EM produced non-finite parameters: a component collapsed onto too few points (singular "
-            f"covariance). Increase reg_covar (now {reg_covar:g}), or use fewer components.")
-    if reg_covar == 0:
-        collapsed = _numerically_singular(params, x)
-        if np.all(collapsed | ~leaves_ok):
-            raise ValueError(
-                "EM collapsed a component onto too few points: its covariance is singular to working "
-                f"precision ({x.dtype}). Use reg_covar > 0 (scikit-learn's default is 1e-6), or fewer components.")
-        leaves_ok = leaves_ok & ~collapsed
-    finals = np.where(leaves_ok & np.isfinite(finals), finals, -np.inf)
-    best = int(np.argmax(finals))
-    best_params = jax.tree_util.tree_map(lambda a: a[best], params)
+    centre = jnp.mean(x, axis=0)
+    exact = _any_separated(starts, x)
+    try:
+        run = _select_restart(_jit_em(starts, x, max_iter, tol, reg_covar, sample_weight, exact), x, reg_covar, exact)
+    except ValueError:
+        if exact:
+            raise
+        run = None  # a collapse can be the one-matmul form's rounding: the two-pass form decides
+    if not exact and (run is None or _separated(run[0], centre)):
+        run = _select_restart(_jit_em(starts, x, max_iter, tol, reg_covar, sample_weight, True), x, reg_covar, True)
+    best_params, history, n_iter, converged, finals, best = run
     info = FitInfo(log_likelihood=history[best, : n_iter[best]], n_iter=int(n_iter[best]),
                    converged=bool(np.asarray(converged)[best]), lower_bound=float(finals[best]),
                    restart_lower_bounds=finals)
@@ -1008,10 +1135,48 @@ def fit(key: PRNGKey, x: ArrayLike, n_components: int, *, covariance_type: str =
     return best_params, info
 
 
-def _numerically_singular(params: GMMParams, x: Array) -> np.ndarray:
+def _any_separated(starts: GMMParams, x) -> bool:
+    """Does some restart in ``starts`` (a leading restart axis) need the two-pass form?"""
+    centre = jnp.mean(x, axis=0)
+    restarts = starts.weights.shape[0]
+    return any(_separated(jax.tree_util.tree_map(functools.partial(_index, r=r), starts), centre)
+               for r in range(restarts))
+
+
+def _index(a, r):
+    return a[r]
+
+
+def _select_restart(result, x, reg_covar, exact: bool):
+    """The restart with the best final lower bound among those with finite, non-collapsed
+    parameters: ``(params, history, n_iter, converged, finals, best)``; a ``ValueError`` naming
+    ``reg_covar`` when none is left."""
+    params, history, n_iter, converged = result
+    history = np.asarray(history)
+    n_iter = np.asarray(n_iter)
+    finals = np.array([history[r, n_iter[r] - 1] for r in range(history.shape[0])])
+    leaves_ok = np.all([np.all(np.isfinite(np.asarray(leaf)), axis=tuple(range(1, np.ndim(leaf))))
+                        for leaf in jax.tree_util.tree_leaves(params)], axis=0)
+    if not np.any(leaves_ok & np.isfinite(finals)):
+        raise ValueError(
+            "EM produced non-finite parameters: a component collapsed onto too few points (singular "
+            f"covariance). Increase reg_covar (now {reg_covar:g}), or use fewer components.")
+    if reg_covar == 0:
+        collapsed = _numerically_singular(params, x, exact)
+        if np.all(collapsed | ~leaves_ok):
+            raise ValueError(
+                "EM collapsed a component onto too few points: its covariance is singular to working "
+                f"precision ({x.dtype}). Use reg_covar > 0 (scikit-learn's default is 1e-6), or fewer components.")
+        leaves_ok = leaves_ok & ~collapsed
+    finals = np.where(leaves_ok & np.isfinite(finals), finals, -np.inf)
+    best = int(np.argmax(finals))
+    return jax.tree_util.tree_map(lambda a: a[best], params), history, n_iter, converged, finals, best
+
+
+def _numerically_singular(params: GMMParams, x: Array, exact: bool = False) -> np.ndarray:
     """Per restart: does some component's covariance have its smallest eigenvalue at the
     rounding level of the quantities it is computed from (``eps * (|mu_k - c|^2 + s)``, with
-    ``s`` the mean data variance)?"""
+    ``s`` the mean data variance; ``eps * s`` for the two-pass form)?"""
     xs = np.asarray(x, np.float64)
     centre, scale = xs.mean(0), xs.var(0).mean()
     eps = float(jnp.finfo(x.dtype).eps)
@@ -1025,19 +1190,20 @@ def _numerically_singular(params: GMMParams, x: Array) -> np.ndarray:
         smallest = covs.min(axis=-1)
     else:
         smallest = covs
-    level = 10 * eps * (np.sum((means - centre) ** 2, axis=-1) + scale)
+    level = 10 * eps * ((0.0 if exact else np.sum((means - centre) ** 2, axis=-1)) + scale)
     return np.any(smallest <= level, axis=-1)
 
 
-def _initialize_many(keys, x, n_components, covariance_type, init, reg_covar, sample_weight):
-    return jax.vmap(lambda k: _initialize(k, x, n_components, covariance_type, init, reg_covar, sample_weight))(keys)
+def _initialize_many(keys, x, n_components, covariance_type, init, reg_covar, sample_weight, exact=False):
+    return jax.vmap(lambda k: _initialize(k, x, n_components, covariance_type, init, reg_covar, sample_weight,
+                                          exact))(keys)
 
 
-_jit_initialize = jax.jit(_initialize_many, static_argnums=(2, 3, 4))
+_jit_initialize = jax.jit(_initialize_many, static_argnums=(2, 3, 4, 7))
 
 
-def _em_many(starts, x, max_iter, tol, reg_covar, sample_weight):
-    return jax.vmap(lambda p: _em(p, x, max_iter, tol, reg_covar, sample_weight))(starts)
+def _em_many(starts, x, max_iter, tol, reg_covar, sample_weight, exact=False):
+    return jax.vmap(lambda p: _em(p, x, max_iter, tol, reg_covar, sample_weight, exact))(starts)
 
 
-_jit_em = jax.jit(_em_many, static_argnums=(2,))
+_jit_em = jax.jit(_em_many, static_argnums=(2, 6))

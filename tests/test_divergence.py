@@ -130,3 +130,16 @@ def test_size_limits_name_the_argument():
         divergence.empirical_distribution(np.ones((2, 40)))
     with pytest.raises(ValueError, match="x must have at most 31 spins"):
         divergence.states_to_codes(np.ones((2, 70)))
+
+
+def test_kl_is_infinite_where_q_rules_out_a_state_whose_probability_underflows():
+    # p = (1, e^-200) in float32 (the second underflows to 0 in exp), q rules the second out
+    got = divergence.kl_from_log_probs(np.array([0.0, -200.0], np.float32), np.array([0.0, -np.inf], np.float32))
+    assert float(got) == np.inf
+    # states that p rules out contribute nothing
+    assert float(divergence.kl_from_log_probs(np.array([0.0, -np.inf]), np.array([0.0, -np.inf]))) == 0.0
+
+
+def test_empirical_log_likelihood_refuses_plus_inf():
+    with pytest.raises(ValueError, match=r"log_prob_fn returned \+inf"):
+        divergence.empirical_log_likelihood(lambda x: jnp.array([jnp.inf, 0.0]), [[1.0, 2.0], [3.0, 4.0]])

@@ -185,3 +185,30 @@ def test_eager_calls_compile_once():
         }
 
     _assert_compiles_once(calls(1), calls(2))
+
+
+def test_covariance_too_ill_conditioned_for_its_dtype_is_refused(x64):
+    """Cholesky-based densities err by up to kappa * eps, kappa the condition number of the
+    correlation matrix: float32 refuses kappa * eps > 1e-3 (a probe found NaN and relative
+    errors up to 30 for positive-definite float32 covariances); float64 answers."""
+    nan_before = np.array([[1.0, 0.8648277521133423], [0.8648277521133423, 0.7479270696640015]], np.float32)
+    zero = np.zeros(2, np.float32)
+    for fn in (gaussian.log_pdf, gaussian.pdf_grad_mean, gaussian.pdf_grad_cov):
+        with pytest.raises(ValueError, match="cov is too ill-conditioned for float32"):
+            fn(zero, zero, nan_before)
+    with pytest.raises(ValueError, match="cov0 is too ill-conditioned"):
+        gaussian.kl(zero, nan_before, zero, np.eye(2, dtype=np.float32))
+    with pytest.raises(ValueError, match="cov1 is too ill-conditioned"):
+        gaussian.kl(zero, np.eye(2, dtype=np.float32), zero, nan_before)
+    with pytest.raises(ValueError, match="cov is too ill-conditioned"):
+        gaussian.kl_to_data(np.zeros((3, 2), np.float32), zero, nan_before)
+    # float64 (the same float32 matrix, promoted) is well within its limit
+    want = reference.gaussian_log_pdf(np.zeros(2), np.zeros(2), nan_before.astype(np.float64))
+    np.testing.assert_allclose(gaussian.log_pdf(np.zeros(2), np.zeros(2), nan_before.astype(np.float64)), want,
+                               rtol=1e-9)
+    # badly scaled but well conditioned (variances 1e6 and 1e-3, correlation 0.5): answered in float32
+    s = np.sqrt([1e6, 1e-3])
+    cov = (np.array([[1.0, 0.5], [0.5, 1.0]]) * np.outer(s, s))
+    x = np.array([[300.0, 0.01], [-1000.0, 0.05]])
+    np.testing.assert_allclose(gaussian.log_pdf(x.astype(np.float32), zero, cov.astype(np.float32)),
+                               gaussian.log_pdf(x, np.zeros(2), cov.astype(np.float32).astype(np.float64)), rtol=1e-6)

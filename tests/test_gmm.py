@@ -482,13 +482,27 @@ def test_choices_stats_and_resp_are_checked():
         gmm.q_function(p, gmm.GMMParams(jnp.ones(3) / 3, jnp.zeros((3, 2)), jnp.ones(3), "spherical"), x)
 
 
-def test_covariance_singular_in_float32_is_refused_not_nan():
+def test_covariance_singular_in_float32_is_refused_not_nan(x64):
     p, x = _toy(), _toy_x()
     singular = np.array([[1.0, 1.0], [1.0, 1.0 + 1e-8]], np.float32)  # PD in exact arithmetic, not in float32
-    with pytest.raises(ValueError, match="params.covs must be positive definite|params.covs is singular"):
+    with pytest.raises(ValueError, match="params.covs must be positive definite|params.covs is too ill-conditioned"):
         gmm.log_prob(p._replace(covs=p.covs.at[0].set(singular)), x)
-    ok = np.array([[1.0, 1.0], [1.0, 1.0 + 1e-5]], np.float32)  # ill-conditioned but factorable: answered
-    assert np.all(np.isfinite(np.asarray(gmm.log_prob(p._replace(covs=p.covs.at[0].set(ok)), x))))
+    # factorable, but its correlation matrix has condition number 4e5: float32 densities
+    # would err by up to ~kappa eps = 5e-2 (a random covariance the probe found gave NaN)
+    poor = np.array([[1.0, 1.0], [1.0, 1.0 + 1e-5]], np.float32)
+    with pytest.raises(ValueError, match=r"too ill-conditioned for float32.*condition number (4|3.99)e\+05"):
+        gmm.log_prob(p._replace(covs=p.covs.at[0].set(poor)), x)
+    nan_before = np.array([[1.0, 0.8648277521133423], [0.8648277521133423, 0.7479270696640015]], np.float32)
+    with pytest.raises(ValueError, match="params.covs is too ill-conditioned"):
+        gmm.log_prob(gmm.GMMParams(np.ones(1, np.float32), np.zeros((1, 2), np.float32), nan_before[None], "full"),
+                     np.zeros((3, 2), np.float32))
+    # the same matrices are fine in float64; a condition number of 400 is fine in float32
+    wide = p._replace(covs=jnp.asarray(p.covs, jnp.float64).at[0].set(poor.astype(np.float64)))
+    assert np.all(np.isfinite(np.asarray(gmm.log_prob(wide, np.asarray(x, np.float64)))))
+    ok = np.array([[1.0, 1.0], [1.0, 1.01]], np.float32)
+    want = gmm.log_prob(p._replace(covs=jnp.asarray(p.covs, jnp.float64).at[0].set(ok.astype(np.float64))),
+                        np.asarray(x, np.float64))
+    np.testing.assert_allclose(gmm.log_prob(p._replace(covs=p.covs.at[0].set(ok)), x), want, rtol=1e-5)
 
 
 @pytest.mark.parametrize("covariance_type", gmm.COVARIANCE_TYPES)
@@ -508,9 +522,12 @@ def test_eager_public_functions_compile_once(covariance_type):
     if covariance_type != "full":  # the covariance type only changes the traced body: a few suffice
         calls = {name: calls[name] for name in ("log_prob", "em_step", "m_step")}
     for name, fn in calls.items():
-        jax.block_until_ready(fn(_toy(covariance_type), _toy_x(0)))  # first call compiles
+        # the first calls compile: on _toy_x(1) initialize's k-means++ seeds a singleton
+        # component (covariance reg_covar), which the two-pass form computes (a second program)
+        for seed in (0, 1):
+            jax.block_until_ready(fn(_toy(covariance_type), _toy_x(seed)))
         with _count_compiles() as compiles:
-            jax.block_until_ready(fn(_toy(covariance_type, shift=0.05), _toy_x(1)))  # new values, same shapes
+            jax.block_until_ready(fn(_toy(covariance_type, shift=0.05), _toy_x(2)))  # new values, same shapes
         assert compiles[0] == 0, f"{name} recompiled {compiles[0]} time(s) for new values of the same shapes"
     # the counter does count: a new shape compiles
     with _count_compiles() as compiles:
@@ -527,10 +544,10 @@ def _sum_stats(stats):
 
 def _reference_m_step(params, x, w, reg_covar=1e-6):
     """The textbook M-step (Eq. (3.53), (3.55), (3.57)) in float64 NumPy, uncentred, from the
-    responsibilities of ``params``, with scikit-learn's ``10 eps`` on N_k."""
+    responsibilities of ``params`` (exact N_k: no ``10 eps`` as in scikit-learn)."""
     x = np.asarray(x, np.float64)
     rw = np.asarray(gmm.responsibilities(params, x), np.float64) * w[:, None]
-    nk = rw.sum(0) + 10 * np.finfo(np.asarray(params.means).dtype).eps
+    nk = rw.sum(0)
     means = rw.T @ x / nk[:, None]
     diff = x[None] - means[:, None]  # (K, n, d)
     full = np.einsum("kn,kna,knb->kab", rw.T, diff, diff) / nk[:, None, None]
@@ -648,3 +665,121 @@ def test_fewer_distinct_samples_than_components_is_refused():
     with pytest.raises(ValueError, match="only 2 distinct positively weighted samples"):
         gmm.fit(jax.random.key(0), x3, 3, sample_weight=w)
     assert np.all(np.isfinite(p.means))
+
+
+# ------------------------------------------------------- what a probe found (2026-11-30)
+
+
+def _far_apart(spread=0.01, half=100.0, n=50, seed=0):
+    """Two tight clusters far apart: component means 1e4 of their standard deviations from
+    the data's centre, where EM's one-matmul form loses about eps * 1e8 in float32."""
+    rng = np.random.default_rng(seed)
+    mu = np.array([[-half, 0.0], [half, 0.0]])
+    return mu, np.concatenate([mu[0] + spread * rng.normal(size=(n, 2)), mu[1] + spread * rng.normal(size=(n, 2))])
+
+
+def _far_params(mu, spread, covariance_type, dtype):
+    covs = {"full": np.stack([np.eye(2) * spread**2] * 2), "tied": np.eye(2) * spread**2,
+            "diag": np.full((2, 2), spread**2), "spherical": np.full((2,), spread**2)}[covariance_type]
+    return gmm.GMMParams(np.array([0.5, 0.5], dtype), mu.astype(dtype), covs.astype(dtype), covariance_type)
+
+
+@pytest.mark.parametrize("covariance_type", gmm.COVARIANCE_TYPES)
+def test_far_apart_components_float32_densities_are_exact(x64, covariance_type):
+    """log_prob computes each component from its own differences x - mu_k: in float32 it
+    agrees with float64 (it exceeded the mixture's largest possible density by 4 nats)."""
+    mu, x = _far_apart()
+    x32 = x.astype(np.float32)
+    got = gmm.log_prob(_far_params(mu, 0.01, covariance_type, np.float32), x32)
+    want = gmm.log_prob(_far_params(mu, 0.01, covariance_type, np.float64), x32.astype(np.float64))
+    np.testing.assert_allclose(got, want, atol=1e-5)  # |log p| ~ 7: float32 rounding of the result
+    assert float(jnp.max(got)) <= np.log(0.5) - np.log(2 * np.pi * 0.01**2) + 1e-5
+
+
+@pytest.mark.parametrize("covariance_type", gmm.COVARIANCE_TYPES)
+def test_float32_fit_of_far_apart_clusters_matches_scikit_learn(covariance_type):
+    """Where the one-matmul statistics would lose accuracy (here ~1 relative: covariances 5%
+    off and a wrong lower bound before), fit runs EM in the two-pass form and agrees with
+    scikit-learn in float64."""
+    mu, x = _far_apart()
+    params, info = gmm.fit(jax.random.key(0), x.astype(np.float32), 2, covariance_type=covariance_type)
+    ref = GaussianMixture(2, covariance_type=covariance_type, random_state=0).fit(x)
+    order, ref_order = np.argsort(np.asarray(params.means)[:, 0]), np.argsort(ref.means_[:, 0])
+    np.testing.assert_allclose(np.asarray(params.means)[order], ref.means_[ref_order], atol=1e-4)
+    covs, ref_covs = np.asarray(params.covs), ref.covariances_
+    if covariance_type != "tied":
+        covs, ref_covs = covs[order], ref_covs[ref_order]
+    # float32 data at |x| = 100 are rounded to 7.6e-6 against a spread of 0.01 (measured 1e-4)
+    np.testing.assert_allclose(covs, ref_covs, rtol=1e-3, atol=1e-3 * np.abs(ref_covs).max())
+    assert abs(info.lower_bound - ref.lower_bound_) <= 1e-3 * abs(ref.lower_bound_)
+
+
+def test_em_functions_switch_or_refuse_where_the_one_matmul_form_loses_accuracy(x64):
+    mu, x = _far_apart()
+    p32, x32 = _far_params(mu, 0.01, "full", np.float32), x.astype(np.float32)
+    p64 = _far_params(mu, 0.01, "full", np.float64)
+    # em_step, em and initialize switch to the two-pass form
+    got, loglik = gmm.em_step(p32, x32)
+    want, want_loglik = gmm.em_step(p64, x32.astype(np.float64))
+    np.testing.assert_allclose(got.covs, want.covs, rtol=1e-3)
+    np.testing.assert_allclose(loglik, want_loglik, rtol=1e-5)
+    fitted, *_ = gmm.em(p32, x32, max_iter=5)
+    np.testing.assert_allclose(fitted.covs, gmm.em(p64, x32.astype(np.float64), max_iter=5)[0].covs, rtol=1e-3)
+    init = gmm.initialize(jax.random.key(0), x32, 2)
+    assert np.all(np.linalg.eigvalsh(np.asarray(init.covs, np.float64)) > 0)
+    # e_step's additive statistics centre the data once: refused, naming params (m_step: stats)
+    with pytest.raises(ValueError, match="params: the mixture's component .* standard deviations"):
+        gmm.e_step(p32, x32)
+    stats, _ = gmm.e_step(p64, x32.astype(np.float64))
+    with pytest.raises(ValueError, match="stats: the new mixture's component"):
+        gmm.m_step(jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), stats), x32)
+    gmm.m_step(stats, x32.astype(np.float64))  # fine in float64
+
+
+def test_random_from_data_draws_only_positively_weighted_points():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([[-3.0, 0.0] + rng.normal(size=(5, 2)), [3.0, 0.0] + rng.normal(size=(5, 2)),
+                        rng.normal(size=(90, 2)) * 0.1 + [50.0, 50.0]]).astype(np.float32)
+    w = np.r_[np.ones(10), np.zeros(90)].astype(np.float32)
+    for seed in range(10):  # before: zero-weight points were drawn in 20 of 20 seeds
+        init = gmm.initialize(jax.random.key(seed), x, 2, init="random_from_data", sample_weight=w)
+        np.testing.assert_allclose(init.weights, [0.5, 0.5])
+        # each mean is a weighted point (up to float32 rounding of the centred M-step)
+        assert all(np.min(np.abs(x[:10] - m).max(axis=1)) < 1e-5 for m in np.asarray(init.means)), init.means
+    _, weighted = gmm.fit(jax.random.key(0), x, 2, init="random_from_data", sample_weight=w)
+    _, alone = gmm.fit(jax.random.key(0), x[:10], 2, init="random_from_data")
+    assert abs(weighted.lower_bound - alone.lower_bound) <= 1e-4 * abs(alone.lower_bound)
+
+
+def test_q_function_with_a_zero_weight_is_finite():
+    p = gmm.GMMParams(jnp.array([1.0, 0.0]), jnp.array([[0.0, 0.0], [1.0, 1.0]]), jnp.stack([jnp.eye(2)] * 2), "full")
+    x = _toy_x()
+    resp = np.asarray(gmm.responsibilities(p, x))
+    # Q(theta, theta) = ELBO(posterior) - H(posterior) = mean log p(x) here (one live component)
+    np.testing.assert_allclose(gmm.q_function(p, p, x), np.mean(np.asarray(gmm.log_prob(p, x))), rtol=1e-6)
+    assert np.all(resp[:, 1] == 0.0)
+
+
+def test_results_do_not_depend_on_the_scale_of_sample_weight():
+    """N_k is exact (no 10 eps as in scikit-learn, whose bias grew as the weights shrank: a
+    mean moved from -3.08 to -2.77 with weights of 1e-7)."""
+    x = np.concatenate([_toy_x(0, 100), _toy_x(1, 100) + 3.0])
+    w = np.random.default_rng(2).uniform(0.5, 2.0, 200).astype(np.float32)
+    params = gmm.initialize(jax.random.key(1), x, 2)
+    want, want_ll = gmm.em_step(params, x, sample_weight=w)
+    for scale in (1e-7, 1e7):
+        got, ll = gmm.em_step(params, x, sample_weight=w * np.float32(scale))
+        for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):  # float32 rounding
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(np.asarray(b)).max())
+        np.testing.assert_allclose(ll, want_ll, rtol=1e-6)
+
+
+def test_em_promotes_mixed_dtypes_as_em_step(x64):
+    params64 = gmm.initialize(jax.random.key(0), _toy_x().astype(np.float64), 2)
+    params32 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params64)
+    got = gmm.em(params32, _toy_x().astype(np.float64), max_iter=3)[0]
+    assert got.means.dtype == jnp.float64
+    want = gmm.em(jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params32), _toy_x().astype(np.float64),
+                  max_iter=3)[0]
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-12)

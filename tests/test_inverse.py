@@ -439,3 +439,41 @@ def test_eager_fits_compile_once(name, small):
     with _count_compiles() as compiles:  # the counter counts: a new shape compiles
         fn(small[1][:-1])
     assert compiles[0] >= 1
+
+
+def _four_spin_samples(field_std):
+    rng = np.random.default_rng(0)
+    J = np.triu(rng.normal(size=(4, 4)) * 0.4, 1)
+    J, h = J + J.T, rng.normal(size=4) * field_std
+    states = reference.all_states(4)
+    return states[rng.choice(16, size=2000, p=reference.ising_probs(h, J))]
+
+
+def test_tap_in_float32_does_not_cancel_at_small_magnetisations():
+    """The root (-1 + sqrt(1 - 8 c u)) / (4u), u = m_i m_j, lost every digit in float32 for
+    u ~ 1e-7 (a coupling of 0.066 came out 0.239); the form -2c / (1 + sqrt(1 - 8 c u))
+    does not cancel."""
+    d = _four_spin_samples(0.0)
+    data = np.concatenate([d, -d, d[:3]])  # magnetisations ~ 1e-3
+    m = data.mean(0)
+    C = data.T @ data / len(data) - np.outer(m, m)
+    inv = np.linalg.inv(C)
+    want = -2.0 * inv / (1.0 + np.sqrt(1.0 - 8.0 * inv * np.outer(m, m)))
+    np.fill_diagonal(want, 0.0)
+    got = np.asarray(inverse.tap(data.astype(np.float32)).J, np.float64)
+    np.testing.assert_allclose(got, want, atol=1e-5)  # float32 rounding of C and its inverse
+
+
+def test_exact_ml_warns_only_if_its_final_residual_misses_tol(x64):
+    """The residual is measured before each step: a fit whose last allowed step met tol used to
+    warn, quoting the residual from before that step."""
+    data = _four_spin_samples(0.2)
+    for k in range(1, 8):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            params = inverse.exact_ml(data, max_iter=k, tol=1e-8)
+        residual = float(ising.moment_residual(params, data))
+        warned = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+        assert bool(warned) == (residual >= 1e-8), (k, residual, warned)
+        if warned:
+            assert f"{residual:.2e}" in str(warned[0].message), (residual, str(warned[0].message))

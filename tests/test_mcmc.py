@@ -334,6 +334,9 @@ def test_ising_samplers_refuse_bad_params(rng, make):
         make(params, np.nan)
     with pytest.raises(ValueError, match="beta must be >= 0"):
         make(params, -0.5)
+    for huge in (1e39, 10**40):  # inf in float32: heat bath returned all -1 on zero couplings
+        with pytest.raises(ValueError, match="beta must be at most 3.403e"):
+            make(params, huge)
     with pytest.raises(ValueError, match="block_size must be an integer"):
         make(params, block_size=0)
     with pytest.raises(ValueError, match=name):

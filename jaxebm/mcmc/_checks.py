@@ -12,10 +12,17 @@ import numpy as np
 
 from jaxebm._validation import check_finite, check_spins, count, finite_scalar, is_concrete, spins
 
+_BETA_MAX = float(np.finfo(np.float32).max)
+
 
 def check_beta(beta):
-    """An inverse temperature: a finite scalar >= 0 (checked when concrete; may be traced)."""
-    finite_scalar("beta", beta, minimum=0.0)
+    """An inverse temperature: a finite scalar >= 0 that float32 holds (checked when concrete;
+    may be traced). A larger one became inf in float32 arithmetic: heat bath then returned all
+    -1 on zero couplings, whose exact mean is 0."""
+    value = finite_scalar("beta", beta, minimum=0.0)
+    if is_concrete(beta) and value > _BETA_MAX:
+        raise ValueError(f"beta must be at most {_BETA_MAX:.4g} (the largest float32: the samplers scale the "
+                         f"energy by it); got {value:.3g}.")
     return beta
 
 
