@@ -43,6 +43,9 @@ def entropy(p: ArrayLike, axis: int = -1) -> Array:
     to 1 (checked when concrete; a NaN is refused, never dropped). Under ``jit`` values are
     not checked."""
     p = array("p", p)
+    if p.ndim == 0:
+        raise ValueError(f"p must be a probability distribution (an array with at least one axis); got the scalar "
+                         f"{p}.")
     axis = _axis(axis, p.ndim)
     p = distribution("p", p, axis=axis)
     return _entropy(p, axis)

@@ -143,3 +143,8 @@ def test_kl_is_infinite_where_q_rules_out_a_state_whose_probability_underflows()
 def test_empirical_log_likelihood_refuses_plus_inf():
     with pytest.raises(ValueError, match=r"log_prob_fn returned \+inf"):
         divergence.empirical_log_likelihood(lambda x: jnp.array([jnp.inf, 0.0]), [[1.0, 2.0], [3.0, 4.0]])
+
+
+def test_entropy_of_a_scalar_names_p():
+    with pytest.raises(ValueError, match="p must be a probability distribution"):
+        divergence.entropy(1.0)

@@ -813,3 +813,11 @@ def test_replica_exchange_needs_states_with_a_log_weight():
     with pytest.raises(ValueError, match="make_algorithm\\(beta\\) must build samplers whose states carry a scalar "
                                          "log_weight"):
         tempered.step(jax.random.key(0), tempered.init(jnp.ones((2, 3))))
+
+
+def test_diagnostics_take_float16_draws_as_float32():
+    x = np.random.default_rng(0).normal(size=(4, 200)).astype(np.float16)  # the FFT refused float16
+    wide = x.astype(np.float32)
+    np.testing.assert_allclose(mcmc.effective_sample_size(x), mcmc.effective_sample_size(wide))
+    np.testing.assert_allclose(mcmc.r_hat(x), mcmc.r_hat(wide))
+    np.testing.assert_allclose(mcmc.autocorrelation(x[0]), mcmc.autocorrelation(wide[0]))

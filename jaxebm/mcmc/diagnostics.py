@@ -48,7 +48,7 @@ def _draws(name: str, x, *, min_ndim: int, what: str):
     if x.ndim < min_ndim:
         raise ValueError(f"{name} must be {what}; got an array of shape {x.shape}.")
     check_finite(name, x)
-    return x
+    return x.astype(jnp.result_type(x, jnp.float32))  # float16 draws: the FFT needs float32 at least
 
 
 def _warn_where(mask, what: str, message: str, stacklevel: int = 3) -> None:
