@@ -31,7 +31,14 @@ the Mahalanobis term is
 :math:`r^\top u(z)`, from which :math:`\Sigma_k = \overline{zz^\top}_k - m_k m_k^\top`. Because
 the data are centred, float32 rounding stays at the level of
 :math:`\epsilon\,\lVert m_k\rVert^2/\lambda_{\min}(\Sigma_k)`, never that of the raw data's
-offset; where that bound exceeds :math:`10^{-3}` the EM functions refuse (see below).
+offset. Where that bound exceeds :math:`10^{-3}` (a component mean more than
+:math:`\sqrt{10^{-3}/\epsilon}` of its narrowest standard deviations from :math:`c`: 92 in
+float32, as with tight, well-separated clusters or a singleton component), :func:`em_step`,
+:func:`em`, :func:`initialize` and :func:`fit` run EM in scikit-learn's two-pass form instead
+(the means first, then each covariance and density from its own differences
+:math:`x_i - \mu_k`: K small matmuls, a second compiled program), and :func:`e_step` and
+:func:`m_step`, whose additive statistics need the one centre, refuse. :func:`log_prob` and
+the other densities always use the two-pass form, exact however far apart the components lie.
 Erratum (3.70): the term :math:`\tfrac12\det(\Sigma^{-1})` should read
 :math:`\tfrac12\ln\det(\Sigma^{-1})`.
 
@@ -46,16 +53,10 @@ otherwise; where parameters are estimated, at least ``n_components`` distinct sa
 counts (positive integers, never truncated), ``tol`` and ``reg_covar`` (finite, >= 0) and
 ``sample_weight`` (finite, >= 0, positive sum; where parameters are estimated, at least
 ``n_components`` positive entries), ``stats`` (an :class:`EStepStats` of consistent shapes).
-The functions that run EM's statistics (:func:`e_step`, :func:`m_step`, :func:`em_step`,
-:func:`em`, :func:`initialize`, :func:`fit`) also refuse mixtures whose one-matmul form
-would lose more than :math:`10^{-3}` relative accuracy: a component whose mean lies more than
-:math:`\sqrt{10^{-3}/\epsilon}` of its narrowest standard deviations from the data's centre
-(92 in float32; use float64). :func:`log_prob` and the other densities compute each
-component from its own differences :math:`x_i - \mu_k`, so they are exact however far apart
-the components lie. Value checks need concrete arrays: under a caller's ``jit`` only shapes are checked, so call
-:func:`validate_params` eagerly first. The work runs in module-level jitted functions keyed
-on shapes, dtypes and the covariance type, so a second eager call with new values of the
-same shapes compiles nothing.
+Value checks need concrete arrays: under a caller's ``jit`` only shapes are checked (and
+:func:`em` keeps the one-matmul form), so call :func:`validate_params` eagerly first. The
+work runs in module-level jitted functions keyed on shapes, dtypes and the covariance type,
+so a second eager call with new values of the same shapes compiles nothing.
 """
 
 from __future__ import annotations
@@ -586,12 +587,17 @@ def responsibilities(params: GMMParams, x: ArrayLike) -> Array:
     return _jit_responsibilities(*_inputs(params, x))
 
 
-def _e_step(params, z, u, centre, sample_weight):
-    weighted = _log_gauss(params, z, u, centre) + jnp.log(params.weights)
+def _posterior(weighted, sample_weight):
+    """``(resp, w, loglik)`` from the joint log densities ``(n, K)``: the responsibilities, the
+    sample weights (ones by default) and the weighted mean log-likelihood."""
     log_norm = jax.nn.logsumexp(weighted, axis=-1)
     resp = jnp.exp(weighted - log_norm[:, None])
     w = jnp.ones_like(log_norm) if sample_weight is None else sample_weight
-    loglik = jnp.sum(w * log_norm) / jnp.sum(w)
+    return resp, w, jnp.sum(w * log_norm) / jnp.sum(w)
+
+
+def _e_step(params, z, u, centre, sample_weight):
+    resp, w, loglik = _posterior(_log_gauss(params, z, u, centre) + jnp.log(params.weights), sample_weight)
     return _stats(resp, z, u, w, params.covariance_type, centre), loglik
 
 
@@ -676,11 +682,7 @@ def _m_step_exact(rw: Array, x: Array, covariance_type: str, reg_covar) -> GMMPa
 def _em_step_exact(params, x, reg_covar, sample_weight):
     """One EM iteration from each component's own differences (:func:`_log_gauss_exact`,
     :func:`_m_step_exact`): what EM runs where its one-matmul form would lose accuracy."""
-    weighted = _components(params, x)
-    log_norm = jax.nn.logsumexp(weighted, axis=-1)
-    resp = jnp.exp(weighted - log_norm[:, None])
-    w = jnp.ones_like(log_norm) if sample_weight is None else sample_weight
-    loglik = jnp.sum(w * log_norm) / jnp.sum(w)
+    resp, w, loglik = _posterior(_components(params, x), sample_weight)
     return _m_step_exact(resp * w[:, None], x, params.covariance_type, reg_covar), loglik
 
 
@@ -761,7 +763,8 @@ def em_step(params: GMMParams, x: ArrayLike, reg_covar: float = 1e-6,
 def em(params: GMMParams, x: Array, *, max_iter: int = 100, tol: float = 1e-3, reg_covar: float = 1e-6,
        sample_weight: Array | None = None):
     """EM to convergence as one ``lax.while_loop``: jittable and vmappable over restarts,
-    seeds or datasets of equal shape.
+    seeds or datasets of equal shape. Called eagerly, it runs the two-pass form where the
+    one-matmul form would lose accuracy at the start or the end (see the module docstring).
 
     Stops when ``|loglik_t - loglik_{t-1}| < tol`` (scikit-learn's rule; ``tol=0`` runs all
     ``max_iter`` iterations). It does not warn (it runs under ``jit``): check ``converged``,
@@ -1061,7 +1064,9 @@ def fit(key: PRNGKey, x: ArrayLike, n_components: int, *, covariance_type: str =
 
     The thin, non-jitted driver: validates inputs, initialises ``n_init`` restarts (a
     ``vmap`` over keys), runs :func:`em` on all of them in one compiled call, keeps the
-    restart with the best final lower bound, and warns when it did not converge.
+    restart with the best final lower bound, and warns when it did not converge. Where the
+    one-matmul form would lose accuracy (see the module docstring) it runs EM again in the
+    two-pass form.
 
     Args:
       key: PRNG key for initialisation.
