@@ -90,39 +90,56 @@ class EigenInfo(NamedTuple):
     smallest: Array  # float scalar: smallest eigenvalue when computed, else NaN
 
 
-def _power(matvec, v0, num_iters, tol, lam0):
-    """Power iteration on the symmetric operator ``matvec`` from unit ``v0``.
+def _power(matvec, v0, num_iters, tol, est0, *, use_norm: bool, shift=0.0):
+    """Power iteration ``v <- A v / |A v|`` on the symmetric operator ``matvec`` from unit ``v0``.
 
-    Stops when the Rayleigh quotient changes by at most ``tol`` relative, counting ``lam0``
-    (the previous estimate, for warm starts) as iterate 0. Returns (lam, v, iters, converged)
-    for the eigenvalue of largest magnitude.
+    At each iterate ``v`` (with ``w = A v``) the estimate is ``|w|`` (``use_norm``: the spectral
+    radius, approached from below, exact at once for a spectrum +-lam) or the Rayleigh quotient
+    ``v.w``. It stops when the estimate changes by at most ``tol`` relative to the target
+    ``|estimate - shift|`` (``est0``, a previous estimate, counting as iterate 0) and, for the
+    Rayleigh quotient, the residual ``|w - (v.w) v|`` is at most ``sqrt(tol)`` of it (so that
+    a quotient that merely stalls, as between the two ends of a spectrum +-lam, is not taken
+    for convergence). Returns ``(estimate, v, rayleigh, residual, iters, converged)``, all
+    of the last iterate ``v``.
     """
+    root = jnp.sqrt(tol)
 
     def cond(carry):
-        _, _, k, done = carry[0], carry[1], carry[2], carry[3]
-        return (k < num_iters) & ~done
+        return (carry[-2] < num_iters) & ~carry[-1]
 
     def body(carry):
-        lam_prev, v, k, _ = carry
+        v, est_prev, *_, k, _ = carry
         w = matvec(v)
-        lam = jnp.vdot(v, w)
-        norm = jnp.linalg.norm(w)
-        v_next = jnp.where(norm > 0, w / jnp.where(norm > 0, norm, 1.0), v)
-        done = jnp.abs(lam - lam_prev) <= tol * jnp.abs(lam)
-        return lam, v_next, k + 1, done
+        size = jnp.linalg.norm(w)
+        rayleigh = jnp.vdot(v, w)
+        residual = jnp.linalg.norm(w - rayleigh * v)
+        est = size if use_norm else rayleigh
+        target = jnp.abs(est - shift)
+        done = jnp.abs(est - est_prev) <= tol * target
+        if not use_norm:
+            done = done & (residual <= root * target)
+        advance = ~done & (size > 0) & (k + 1 < num_iters)  # else keep the iterate the values belong to
+        v_next = jnp.where(advance, w / jnp.where(size > 0, size, 1.0), v)
+        return v_next, est, rayleigh, residual, k + 1, done
 
-    lam, v, k, done = lax.while_loop(cond, body, (lam0, v0, jnp.int32(0), jnp.bool_(False)))
-    return lam, v, k, done
+    nan = jnp.full((), jnp.nan, v0.dtype)
+    init = (v0, est0, nan, nan, jnp.int32(0), jnp.bool_(False))
+    v, est, rayleigh, residual, k, done = lax.while_loop(cond, body, init)
+    return est, v, rayleigh, residual, k, done
 
 
 def _lanczos(matvec, v0, num_iters):
     """``num_iters`` Lanczos steps with full reorthogonalisation. Returns the Ritz values
-    (ascending) and unit Ritz vectors (columns).
+    (ascending), unit Ritz vectors (columns), which of them are genuine (``valid``) and their
+    residual estimates ``|beta_k s_k|`` (``|H y - theta y|`` of the Ritz pair).
 
-    On breakdown (the Krylov space became invariant: ``beta`` at rounding level) the
-    iteration stops extending the basis; the remaining diagonal entries of T are set to
-    ``alpha_0``, which lies inside the spectrum found so far and so leaves its extremes
-    unchanged.
+    On breakdown (the Krylov space became invariant: ``beta`` at the rounding level of
+    ``H v``) the iteration stops extending the basis; the remaining diagonal entries of T are
+    set to distinct values above the spectrum found (so they cannot tie with a genuine Ritz
+    value, whose vector would then mix with their zero ones) and marked not valid. (With full
+    reorthogonalisation a direction made of rounding noise is harmless, only wasted: its Rayleigh
+    quotients lie in the spectrum; the threshold is therefore low, 10 eps of the scale of H, not
+    the 1e3 eps that in float32 cut off a cluster 1e6 times below the top of the spectrum.)
     """
     dim = v0.shape[0]
     k = min(num_iters, dim)
@@ -133,28 +150,32 @@ def _lanczos(matvec, v0, num_iters):
     betas = jnp.zeros((k,), dtype)
 
     def body(i, carry):
-        V, alphas, betas, scale, broken = carry
+        V, alphas, betas, pads, scale, broken = carry
         w = matvec(V[i])
         alpha = jnp.vdot(V[i], w)
         mask = (jnp.arange(k + 1) <= i)[:, None]
         for _ in range(2):  # full reorthogonalisation, twice is enough
             w = w - jnp.dot(V.T, jnp.where(mask, V, 0.0) @ w)
         beta = jnp.linalg.norm(w)
-        scale = jnp.maximum(scale, jnp.abs(alpha) + beta)
-        alpha = jnp.where(broken, alphas[0], alpha)
+        scale = jnp.where(broken, scale, jnp.maximum(scale, jnp.abs(alpha) + beta))
         beta = jnp.where(broken, 0.0, beta)
-        broken_next = broken | (beta <= 1e3 * eps * scale)
+        broken_next = broken | (beta <= 10 * eps * scale)
         v_next = jnp.where(broken_next, 0.0, w / jnp.where(beta > 0, beta, 1.0))
         beta = jnp.where(broken_next, 0.0, beta)
-        return V.at[i + 1].set(v_next), alphas.at[i].set(alpha), betas.at[i].set(beta), scale, broken_next
+        return (V.at[i + 1].set(v_next), alphas.at[i].set(alpha), betas.at[i].set(beta), pads.at[i].set(broken),
+                scale, broken_next)
 
-    init = (V, alphas, betas, jnp.zeros((), dtype), jnp.bool_(False))
-    V, alphas, betas, _, _ = lax.fori_loop(0, k, body, init)
-    T = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
+    init = (V, alphas, betas, jnp.zeros((k,), bool), jnp.zeros((), dtype), jnp.bool_(False))
+    V, alphas, betas, pads, scale, _ = lax.fori_loop(0, k, body, init)
+    top = 2.0 * scale + 1.0  # above every genuine Ritz value (all within [-scale, scale] of the spectrum)
+    diagonal = jnp.where(pads, top + jnp.arange(k, dtype=dtype) * (top + 1.0), alphas)
+    T = jnp.diag(diagonal) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
     ritz, vecs = jnp.linalg.eigh(T)
+    valid = ritz < top
     ritz_vectors = V[:k].T @ vecs
     ritz_vectors = ritz_vectors / jnp.maximum(jnp.linalg.norm(ritz_vectors, axis=0, keepdims=True), 1e-30)
-    return ritz, ritz_vectors
+    residuals = jnp.abs(betas[-1] * vecs[-1])
+    return ritz, ritz_vectors, valid, residuals
 
 
 # Memory a dense Hessian (with eigh's workspace) may take before max_eigenvalue refuses it.
@@ -177,14 +198,17 @@ def max_eigenvalue(loss_fn: Callable, params: PyTree, *args, method: str = "powe
       loss_fn: scalar function ``loss_fn(params, *args)``.
       params: the point :math:`\theta`.
       *args: further arguments of ``loss_fn`` (e.g. data).
-      method: ``"power"`` (power iteration with a relative tolerance; for an indefinite
-        Hessian a second, shifted iteration finds the requested end), ``"lanczos"``
-        (``num_iters`` steps, full reorthogonalisation) or ``"dense"`` (``jax.hessian`` and
-        ``eigh``; small problems only).
+      method: ``"power"`` (power iteration for the spectral radius :math:`\rho`; where its
+        vector is not an eigenvector at the requested end, a second iteration on
+        :math:`\pm H + \rho I` finds that end), ``"lanczos"`` (``num_iters`` steps, full
+        reorthogonalisation) or ``"dense"`` (``jax.hessian`` and ``eigh``; small problems only).
       which: ``"largest"`` (algebraically) or ``"smallest"``; the loss of an RBM is not
         convex, so its smallest eigenvalue can be negative.
       num_iters: maximum power iterations, or Lanczos steps.
-      tol: relative change of the Rayleigh quotient at which power iteration stops.
+      tol: power iteration stops when its estimate changes by at most ``tol`` relative and
+        the residual :math:`\lVert Hv - \lambda v\rVert` is at most :math:`\sqrt{\text{tol}}\,|\lambda|`
+        (a stalled Rayleigh quotient is not convergence); Lanczos reports ``converged`` (and
+        otherwise warns) by the same residual test on its Ritz pair.
       init_vector: pytree like ``params`` to warm-start from (e.g. the previous eigenvector).
       init_eigenvalue: the previous estimate, counted as iterate 0 of the stopping rule.
       key: PRNG key for a random start vector (default: a fixed key).
@@ -241,8 +265,14 @@ def max_eigenvalue(loss_fn: Callable, params: PyTree, *args, method: str = "powe
     if method == "power" and is_concrete(info.converged) and not bool(info.converged):
         warnings.warn(
             f"max_eigenvalue: power iteration stopped at num_iters={num_iters} before the Rayleigh quotient "
-            f"changed by less than tol={tol:g} (relative); the estimate {float(lam):.6g} may be inaccurate. "
-            "Raise num_iters, or use method='lanczos'.", ConvergenceWarning, stacklevel=2)
+            f"changed by less than tol={tol:g} and its residual |Hv - lam v| fell below sqrt(tol) (relative); the "
+            f"estimate {float(lam):.6g} may be inaccurate. Raise num_iters, or use method='lanczos'.",
+            ConvergenceWarning, stacklevel=2)
+    if method == "lanczos" and is_concrete(info.converged) and not bool(info.converged):
+        warnings.warn(
+            f"max_eigenvalue: after {num_iters} Lanczos steps the Ritz pair's residual |Hv - lam v| is above "
+            f"sqrt(tol) = {np.sqrt(tol):.3g} of |lam|; the estimate {float(lam):.6g} may be inaccurate. Raise "
+            "num_iters.", ConvergenceWarning, stacklevel=2)
     v = unravel(v.astype(dtype))
     return (lam, v, info) if return_info else (lam, v)
 
@@ -282,24 +312,30 @@ def _max_eigenvalue(consts, params, args, v0, lam0, tol, *, traced, method, whic
         lam, v = evals[idx], evecs[:, idx]
         info = EigenInfo(jnp.int32(0), jnp.bool_(True), evals[0])
     elif method == "lanczos":
-        ritz, vecs = _lanczos(matvec, v0, num_iters)
-        idx = -1 if which == "largest" else 0
+        ritz, vecs, valid, residuals = _lanczos(matvec, v0, num_iters)
+        inf = jnp.array(jnp.inf, dtype)
+        if which == "largest":
+            idx = jnp.argmax(jnp.where(valid, ritz, -inf))
+        else:
+            idx = jnp.argmin(jnp.where(valid, ritz, inf))
         lam, v = ritz[idx], vecs[:, idx]
-        info = EigenInfo(jnp.int32(min(num_iters, flat.shape[0])), jnp.bool_(True), ritz[0])
+        converged = residuals[idx] <= jnp.sqrt(tol) * jnp.abs(lam)
+        info = EigenInfo(jnp.int32(min(num_iters, flat.shape[0])), converged, ritz[0])
     else:
-        lam, v, k, done = _power(matvec, v0, num_iters, tol, lam0)
-        want_positive = which == "largest"
-        # Power iteration finds the eigenvalue of largest magnitude. If it lies at the other
-        # end of the spectrum, iterate on H - lam I, whose dominant eigenvalue is the
-        # requested end minus lam.
-        wrong_end = (lam < 0) if want_positive else (lam > 0)
+        # 1. the spectral radius rho = max |lambda| (|H v| from below: robust even where the two
+        # ends of the spectrum have one magnitude, where Rayleigh quotients stall anywhere);
+        # its vector's Rayleigh quotient is the answer if it is an eigenpair at the requested end.
+        sign = 1.0 if which == "largest" else -1.0
+        rho, v, rayleigh, residual, k, done = _power(matvec, v0, num_iters, tol, jnp.abs(lam0), use_norm=True)
+        found = done & (residual <= jnp.sqrt(tol) * jnp.abs(rayleigh)) & (sign * rayleigh > 0)
 
+        # 2. otherwise the requested end is the dominant eigenvalue of sign * H + rho I (>= 0)
         def shifted(_):
-            shift = lam
-            lam2, v2, k2, done2 = _power(lambda u: matvec(u) - shift * u, v0, num_iters, tol, nan)
-            return lam2 + shift, v2, k + k2, done2
+            mu, v2, _, _, k2, done2 = _power(lambda u: sign * matvec(u) + rho * u, v0, num_iters, tol, nan,
+                                             use_norm=False, shift=rho)
+            return sign * (mu - rho), v2, k + k2, done2
 
-        lam, v, k, done = lax.cond(wrong_end, shifted, lambda _: (lam, v, k, done), None)
+        lam, v, k, done = lax.cond(found, lambda _: (rayleigh, v, k, done), shifted, None)
         info = EigenInfo(k, done, nan)
     return lam, v, info
 
@@ -355,7 +391,7 @@ class ScaleByHessianBoundState(NamedTuple):
     """State of :func:`scale_by_hessian_bound`."""
 
     count: chex.Array  # int32 scalar: update steps taken
-    eigenvalue: chex.Array  # float scalar: current estimate of lambda_max
+    eigenvalue: chex.Array  # float scalar: current estimate of max |lambda| (>= lambda_max)
     eigenvector: Any  # pytree like params: warm start of the next power iteration
     num_hvps: chex.Array  # int32 scalar: Hessian-vector products used at the last re-estimate
 
@@ -371,7 +407,11 @@ def scale_by_hessian_bound(safety: float = 1.0, every: int = 1, *, num_iters: in
     :math:`\hat\lambda_t` is re-estimated every ``every`` steps by power iteration on
     Hessian-vector products of ``value_fn`` at ``params``, warm-started from the eigenvector
     (and eigenvalue) kept in the state, so on a slowly changing loss a re-estimate costs one or
-    two HVPs. Following optax's line searches, ``update`` takes ``value_fn`` as a keyword
+    two HVPs. It estimates the spectral radius :math:`\max_i |\lambda_i| \ge \lambda_{\max}`
+    (as :math:`\lVert Hv\rVert`): the same number where the Hessian is positive semi-definite,
+    a more cautious step where it is not. (Estimating the dominant eigenvalue instead gave a
+    negative number on a non-convex loss, floored to ``eigenvalue_floor``: a step of 1e8 times
+    the gradient.) Following optax's line searches, ``update`` takes ``value_fn`` as a keyword
     argument. This is the *local* rule: fast, not a guarantee (see the module docstring and
     the erratum on (2.47)); for guaranteed descent use ``optax.sgd(1 / L)`` with a global
     bound such as :func:`ising_smoothness_bound`.
@@ -439,7 +479,8 @@ def scale_by_hessian_bound(safety: float = 1.0, every: int = 1, *, num_iters: in
 
 
 def _warm_power(value_fn, params, vector, eigenvalue, max_iters, tol):
-    """Power iteration for the dominant Hessian eigenvalue with a traced iteration cap."""
+    """Power iteration for the Hessian's spectral radius ``max |lambda|`` (``|H v|``, from below)
+    with a traced iteration cap."""
     flat, unravel = ravel_pytree(params)
     out = jax.eval_shape(value_fn, params)
     if out.shape != ():
@@ -450,8 +491,8 @@ def _warm_power(value_fn, params, vector, eigenvalue, max_iters, tol):
 
     v0 = ravel_pytree(vector)[0].astype(flat.dtype)
     v0 = v0 / jnp.linalg.norm(v0)
-    lam, v, k, _ = _power(matvec, v0, max_iters, tol, eigenvalue.astype(flat.dtype))
-    return lam, unravel(v), k
+    rho, v, _, _, k, _ = _power(matvec, v0, max_iters, tol, eigenvalue.astype(flat.dtype), use_norm=True)
+    return rho, unravel(v), k
 
 
 def hessian_bounded_sgd(safety: float = 1.0, every: int = 1, *, num_iters: int = 20, tol: float = 1e-3,

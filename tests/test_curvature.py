@@ -298,13 +298,17 @@ def test_power_iteration_warns_when_it_stops_at_num_iters():
     scales = jnp.array([1.0, 0.99, 0.5, 0.1])  # a small spectral gap: slow power iteration
     with pytest.warns(ConvergenceWarning, match="num_iters=3"):
         curvature.max_eigenvalue(_quadratic, jnp.ones(4), scales, num_iters=3, tol=1e-12)
-    # converged (or lanczos/dense, which have no tolerance): no warning
+    # Lanczos warns too where its Ritz pair's residual is above sqrt(tol) |lam| (2 steps of 4)
+    with pytest.warns(ConvergenceWarning, match="after 2 Lanczos steps"):
+        curvature.max_eigenvalue(_quadratic, jnp.ones(4), scales, method="lanczos", num_iters=2)
+    # converged (or dense, which has no tolerance): no warning
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         lam, _ = curvature.max_eigenvalue(_quadratic, jnp.ones(4), jnp.array([1.0, 0.1, 0.1, 0.1]), num_iters=200,
                                           tol=1e-6)
         np.testing.assert_allclose(lam, 1.0, rtol=1e-5)
-        curvature.max_eigenvalue(_quadratic, jnp.ones(4), scales, method="lanczos", num_iters=2)
+        curvature.max_eigenvalue(_quadratic, jnp.ones(4), scales, method="lanczos", num_iters=4)
+        curvature.max_eigenvalue(_quadratic, jnp.ones(4), scales, method="dense")
 
 
 def test_max_eigenvalue_and_friends_validate_arguments():
@@ -389,3 +393,74 @@ def test_run_names_what_jax_grad_refuses():
     with pytest.raises(ValueError, match="grads must be a pytree like params"):
         optim.estimated_gradient_loss(jnp.ones(3), jnp.ones(4))
     np.testing.assert_allclose(optim.run(sgd, lambda p: jnp.sum(p**2), jnp.ones(3), 2)[0], 0.64, rtol=1e-6)
+
+
+# ------------------------------------------------------- what a probe found (2026-11-30)
+
+
+def _rotated(spectrum, seed=0, dtype=jnp.float32):
+    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(len(spectrum), len(spectrum))))
+    H = (q * np.asarray(spectrum, np.float64)) @ q.T
+    H = jnp.asarray((H + H.T) / 2, dtype)
+    return (lambda x: 0.5 * x @ H @ x), jnp.zeros(len(spectrum), dtype), np.linalg.eigvalsh(np.asarray(H, np.float64))
+
+
+def test_power_iteration_where_the_two_ends_have_one_magnitude():
+    """On a saddle (spectrum +-1) the Rayleigh quotient stalls anywhere in between, which the
+    old stopping rule took for convergence (0.52, 0.98 or -0.84 for the extremes +-1)."""
+    for key in range(4):
+        for which, want in (("largest", 1.0), ("smallest", -1.0)):
+            lam, _, info = curvature.max_eigenvalue(lambda p: p[0] * p[1], jnp.array([0.3, -0.2]),
+                                                    key=jax.random.key(key), which=which, return_info=True)
+            assert bool(info.converged)
+            np.testing.assert_allclose(lam, want, rtol=1e-5)
+    loss, start, eig = _rotated([2.0, -2.0, 1.0, -1.0, 0.5, 0.1])
+    for key in range(3):
+        for which, want in (("largest", eig[-1]), ("smallest", eig[0])):
+            lam, _ = curvature.max_eigenvalue(loss, start, key=jax.random.key(key), which=which)
+            np.testing.assert_allclose(lam, want, rtol=1e-5)
+
+
+def test_power_iteration_at_a_slowly_converging_end_warns_instead_of_claiming_convergence(x64):
+    """The smallest of diag(10, 0.001, ..., 0.004) converges at a rate 0.9999 after the shift:
+    the old rule stopped after 7 HVPs at 0.0019 as converged."""
+    H = jnp.diag(jnp.array([10.0, 0.001, 0.002, 0.003, 0.004]))
+    with pytest.warns(ConvergenceWarning, match="power iteration stopped at num_iters=100"):
+        _, _, info = curvature.max_eigenvalue(lambda x: 0.5 * x @ H @ x, jnp.zeros(5), which="smallest",
+                                              return_info=True)
+    assert not bool(info.converged)
+    lam, _ = curvature.max_eigenvalue(lambda x: 0.5 * x @ H @ x, jnp.zeros(5), which="smallest", method="lanczos")
+    np.testing.assert_allclose(lam, 0.001, rtol=1e-10)
+
+
+def test_lanczos_after_a_breakdown_returns_a_unit_eigenvector():
+    """A Hessian 2I (or 0) is invariant on the first Krylov vector: the padding of T tied with
+    the top Ritz value and returned its zero vector as the unit eigenvector."""
+    for scale, want in ((1.0, 2.0), (0.0, 0.0)):
+        loss = lambda p, s=scale: s * jnp.sum(p**2)  # noqa: E731
+        lam, v = curvature.max_eigenvalue(loss, jnp.zeros(4), method="lanczos")
+        np.testing.assert_allclose(lam, want, atol=1e-6)
+        np.testing.assert_allclose(jnp.linalg.norm(v), 1.0, rtol=1e-6)
+        curvature.max_eigenvalue(loss, jnp.zeros(4), method="lanczos", init_vector=v)  # usable as a warm start
+
+
+def test_lanczos_in_float32_resolves_a_cluster_far_below_the_top():
+    """The breakdown threshold (1e3 eps of the scale of H) cut off eigenvalues 1e6 times below
+    the top in float32 (0.0019 for 0.0010, 0.0070 for 0.0090); within rounding of H now."""
+    for spectrum, which, end in (([1000.0] + [k * 1e-3 for k in range(1, 10)], "smallest", 0),
+                                 ([-1000.0] + [k * 1e-3 for k in range(1, 10)], "largest", -1)):
+        loss, start, eig = _rotated(spectrum)
+        lam, _ = curvature.max_eigenvalue(loss, start, method="lanczos", num_iters=10, which=which)
+        assert abs(float(lam) - eig[end]) <= np.finfo(np.float32).eps * 1000, (float(lam), eig[end])
+
+
+def test_hessian_bounded_sgd_on_a_non_convex_loss_takes_a_bounded_step():
+    """The dominant eigenvalue here is negative (-1.97): floored to 1e-8 it gave a step of 1e8
+    times the gradient (the loss went from 0.09 to 4e28); the spectral radius bounds it."""
+    loss = lambda p: 0.1 * p[0] ** 2 - p[1] ** 2 + 0.25 * p[1] ** 4  # noqa: E731
+    p = jnp.array([1.0, 0.1])
+    opt = curvature.hessian_bounded_sgd()
+    updates, state = opt.update(jax.grad(loss)(p), opt.init(p), p, value_fn=loss)
+    np.testing.assert_allclose(state[0].eigenvalue, 1.97, rtol=1e-4)  # max |eig diag(0.2, -1.97)|
+    np.testing.assert_allclose(updates, -jax.grad(loss)(p) / 1.97, rtol=1e-4)
+    assert float(loss(p + updates)) < float(loss(p))
