@@ -80,7 +80,18 @@ def array(name: str, x, *, dtype=None, floating: bool = True, allow_empty: bool 
             raise ValueError(f"{name} must be a numeric array; got dtype {host.dtype}.")
         if np.iscomplexobj(host):
             raise ValueError(f"{name} must be real; got a complex array.")
-        out = jnp.asarray(x)
+        if floating and not np.issubdtype(host.dtype, np.floating):
+            # integers become floats in NumPy: jnp.asarray would first wrap int64 beyond int32
+            # around (with x64 off), and the checks would see the wrapped values
+            out = jnp.asarray(host.astype(jnp.result_type(float) if dtype is None else dtype))
+        else:
+            if np.issubdtype(host.dtype, np.integer) and host.size and jax.dtypes.canonicalize_dtype(
+                    host.dtype).itemsize < host.dtype.itemsize:
+                info = np.iinfo(jax.dtypes.canonicalize_dtype(host.dtype))
+                if host.min() < info.min or host.max() > info.max:
+                    raise ValueError(f"{name} holds integers beyond the {info.dtype} range ({int(host.min())} to "
+                                     f"{int(host.max())}), which JAX would wrap around with x64 disabled.")
+            out = jnp.asarray(x)
     if floating and not jnp.issubdtype(out.dtype, jnp.floating):
         out = out.astype(jnp.result_type(float) if dtype is None else dtype)
     elif dtype is not None:

@@ -632,6 +632,8 @@ def chain(n: int, *, periodic: bool = False) -> Graph:
 def _rng(key) -> np.random.Generator:
     """A NumPy generator seeded from a JAX key (or an int seed)."""
     if isinstance(key, numbers.Integral) and not isinstance(key, (bool, np.bool_)):
+        if int(key) < 0:
+            raise ValueError(f"key must be a JAX PRNG key or a non-negative integer seed; got {int(key)}.")
         return np.random.default_rng(int(key))
     import jax
 

@@ -359,6 +359,10 @@ def _moment_arg(name, value, shape):
         if asym > 1e-5:
             raise ValueError(f"{name} must be symmetric (the full matrix <x x^T>, as data_moments returns); "
                              f"max |{name} - {name}.T| = {asym:.3g}.")
+        off = float(np.max(np.abs(np.diagonal(v) - 1.0), initial=0.0))
+        if off > 1e-5:  # a zeroed diagonal or a covariance: the J diagonal's gradient would not vanish
+            raise ValueError(f"{name} must be the second moment <x x^T> of +-1 spins, whose diagonal is 1 (not a "
+                             f"covariance, nor a zeroed diagonal); max |diag({name}) - 1| = {off:.3g}.")
     return value
 
 
@@ -472,7 +476,11 @@ def _inverse_cdf(key: PRNGKey, logits: Array, num_samples: int) -> Array:
 
 
 def to_flat(params: IsingParams) -> Array:
-    """Flat coordinates ``theta = (h, J[np.triu_indices(n, 1)])`` of Eq. (2.31)-(2.32)."""
+    """Flat coordinates ``theta = (h, J[np.triu_indices(n, 1)])`` of Eq. (2.31)-(2.32) of a
+    dense model (a :class:`GraphIsingParams` is already flat: ``h`` and one ``J`` per edge)."""
+    if isinstance(params, GraphIsingParams):
+        raise ValueError("params must be a dense IsingParams for to_flat; a GraphIsingParams is already flat "
+                         "(jnp.concatenate([params.h, params.J])), or use to_dense(params) first.")
     params = validate_params(params)
     return _to_flat(params.h, params.J)
 

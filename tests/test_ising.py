@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxebm import ising
+from jaxebm import graphs, ising
 from jaxebm.ising import IsingParams
 from tests import reference
 from tests._compile import count_compiles as _count_compiles
@@ -393,3 +393,36 @@ def test_fit_returns_run_info_descends_and_resumes(rng, x64):
     _, info_g = ising.fit(optax.sgd(1.0 / (g.n + g.num_edges)), start_g, data_g, 30)
     assert isinstance(info_g, optim.RunInfo) and info_g.loss.shape == (30,)
     assert np.all(np.diff(np.asarray(info_g.loss)) <= 0.0)
+
+
+# ------------------------------------------------------- what a probe found (2026-11-30)
+
+
+def test_nll_from_moments_refuses_a_corr_whose_diagonal_is_not_one():
+    """A zeroed diagonal (or a covariance) gave the same value but a gradient 0.5 (1 - corr_kk)
+    on J's diagonal: descent under jit drove it to -50 and the mean nll to -97."""
+    data = np.where(np.random.default_rng(0).random((50, 4)) < 0.5, -1.0, 1.0)
+    mean, corr = ising.data_moments(data)
+    params = ising.init(jax.random.key(0), 4)
+    for bad in (np.array(corr) - np.diag(np.diag(corr)), np.array(corr) - np.outer(mean, mean)):
+        with pytest.raises(ValueError, match=r"corr must be the second moment .* diagonal is 1"):
+            ising.nll_from_moments(params, mean, bad)
+    np.testing.assert_allclose(ising.nll_from_moments(params, mean, corr), ising.nll(params, data), rtol=1e-6)
+
+
+def test_int64_inputs_beyond_int32_are_not_wrapped():
+    """With x64 off, jnp.asarray wraps int64 around to int32 before any check: h = 2^33 was
+    read as 0 and data entries 2^32 + 1 as 1."""
+    got = ising.log_partition(ising.IsingParams(np.array([2**33, 0], np.int64), np.zeros((2, 2), np.int64)))
+    np.testing.assert_allclose(got, 2.0**33 + np.log(2.0) + np.log1p(np.exp(-2.0**34)), rtol=1e-6)
+    params = ising.IsingParams(jnp.array([0.1, 0.2]), jnp.array([[0.0, 0.3], [0.3, 0.0]]))
+    with pytest.raises(ValueError, match="data must hold spins"):
+        ising.nll(params, np.array([[2**32 + 1, -1]], np.int64))
+
+
+def test_to_flat_of_a_graph_model_names_params():
+    g = graphs.square_lattice(2, 2, periodic=False)
+    with pytest.raises(ValueError, match="params must be a dense IsingParams for to_flat"):
+        ising.to_flat(ising.edwards_anderson(jax.random.key(0), g))
+    with pytest.raises(ValueError, match="key must be a JAX PRNG key or a non-negative integer seed"):
+        graphs.erdos_renyi(-1, 3, 0.5)
