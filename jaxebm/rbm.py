@@ -115,7 +115,10 @@ def validate_params(params: RBMParams, name: str = "params") -> RBMParams:
         raise ValueError(f"{name}.c must have shape ({nh},) to match W; got {np.shape(c)}.")
     for key, value in (("W", W), ("b", b), ("c", c)):
         check_finite(f"{name}.{key}", value)
-    return RBMParams(W, b, c)
+    # one dtype for all three (float32 W with float64 b under x64 ran log Z in float32 and
+    # crashed the gradient's custom JVP)
+    dtype = jnp.result_type(W, b, c)
+    return RBMParams(W.astype(dtype), b.astype(dtype), c.astype(dtype))
 
 
 _validate = validate_params

@@ -493,3 +493,15 @@ def test_energy_batches_must_broadcast_and_log2cosh_must_be_real():
     with pytest.raises(ValueError, match="a must be real"):
         rbm.log2cosh(1 + 1j)
     np.testing.assert_allclose(rbm.log2cosh(np.array([0.0, 30.0])), [np.log(2.0), 30.0], rtol=1e-6)
+
+
+def test_mixed_dtype_params_promote_to_one_dtype(x64):
+    """float32 W with float64 b (x64 on) ran log Z in float32 and crashed exact_grad's custom
+    JVP with a TypeError: validate_params now gives all three the common dtype."""
+    mixed = rbm.RBMParams(jnp.full((3, 2), 0.3, jnp.float32), jnp.asarray([0.1, -0.2, 0.05]), jnp.zeros(2, jnp.float32))
+    wide = rbm.RBMParams(*(jnp.asarray(a, jnp.float64) for a in mixed))
+    data = np.array([[1.0, -1.0, 1.0], [1.0, 1.0, -1.0]])
+    assert rbm.log_partition(mixed).dtype == jnp.float64
+    np.testing.assert_allclose(rbm.log_partition(mixed), rbm.log_partition(wide), rtol=1e-14)
+    for a, b in zip(rbm.exact_grad(mixed, data), rbm.exact_grad(wide, data)):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
