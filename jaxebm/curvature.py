@@ -95,12 +95,12 @@ def _power(matvec, v0, num_iters, tol, est0, *, use_norm: bool, shift=0.0):
 
     At each iterate ``v`` (with ``w = A v``) the estimate is ``|w|`` (``use_norm``: the spectral
     radius, approached from below, exact at once for a spectrum +-lam) or the Rayleigh quotient
-    ``v.w``. It stops when the estimate changes by at most ``tol`` relative to the target
-    ``|estimate - shift|`` (``est0``, a previous estimate, counting as iterate 0) and, for the
-    Rayleigh quotient, the residual ``|w - (v.w) v|`` is at most ``sqrt(tol)`` of it (so that
-    a quotient that merely stalls, as between the two ends of a spectrum +-lam, is not taken
-    for convergence). Returns ``(estimate, v, rayleigh, residual, iters, converged)``, all
-    of the last iterate ``v``.
+    ``v.w``. It stops when the estimate changes by at most ``tol`` relative (``est0``, a
+    previous estimate, counting as iterate 0) and, for the Rayleigh quotient, the residual
+    ``|w - (v.w) v|`` is at most ``sqrt(tol)`` of the eigenvalue sought, ``|estimate - shift|``
+    (or of ``sqrt(tol) |shift|`` where that is smaller), so that a quotient that merely stalls,
+    as between the two ends of a spectrum +-lam, is not taken for convergence. Returns
+    ``(estimate, v, rayleigh, residual, iters, converged)``, all of the last iterate ``v``.
     """
     root = jnp.sqrt(tol)
 
@@ -114,10 +114,10 @@ def _power(matvec, v0, num_iters, tol, est0, *, use_norm: bool, shift=0.0):
         rayleigh = jnp.vdot(v, w)
         residual = jnp.linalg.norm(w - rayleigh * v)
         est = size if use_norm else rayleigh
-        target = jnp.abs(est - shift)
-        done = jnp.abs(est - est_prev) <= tol * target
-        if not use_norm:
-            done = done & (residual <= root * target)
+        done = jnp.abs(est - est_prev) <= tol * jnp.abs(est)
+        if not use_norm:  # the residual relative to the eigenvalue sought, est - shift (or to
+            # sqrt(tol) of the shift, where that eigenvalue is 0 or nearly so)
+            done = done & (residual <= root * jnp.maximum(jnp.abs(est - shift), root * jnp.abs(shift)))
         advance = ~done & (size > 0) & (k + 1 < num_iters)  # else keep the iterate the values belong to
         v_next = jnp.where(advance, w / jnp.where(size > 0, size, 1.0), v)
         return v_next, est, rayleigh, residual, k + 1, done
@@ -131,7 +131,8 @@ def _power(matvec, v0, num_iters, tol, est0, *, use_norm: bool, shift=0.0):
 def _lanczos(matvec, v0, num_iters):
     """``num_iters`` Lanczos steps with full reorthogonalisation. Returns the Ritz values
     (ascending), unit Ritz vectors (columns), which of them are genuine (``valid``) and their
-    residual estimates ``|beta_k s_k|`` (``|H y - theta y|`` of the Ritz pair).
+    residual estimates ``|beta_m s_m|`` (``|H y - theta y|`` of the Ritz pair, m the last
+    genuine step).
 
     On breakdown (the Krylov space became invariant: ``beta`` at the rounding level of
     ``H v``) the iteration stops extending the basis; the remaining diagonal entries of T are
@@ -150,7 +151,7 @@ def _lanczos(matvec, v0, num_iters):
     betas = jnp.zeros((k,), dtype)
 
     def body(i, carry):
-        V, alphas, betas, pads, scale, broken = carry
+        V, alphas, betas, pads, scale, broken, last = carry
         w = matvec(V[i])
         alpha = jnp.vdot(V[i], w)
         mask = (jnp.arange(k + 1) <= i)[:, None]
@@ -161,12 +162,13 @@ def _lanczos(matvec, v0, num_iters):
         beta = jnp.where(broken, 0.0, beta)
         broken_next = broken | (beta <= 10 * eps * scale)
         v_next = jnp.where(broken_next, 0.0, w / jnp.where(beta > 0, beta, 1.0))
+        last = jnp.where(broken, last, beta)  # the last step's beta, kept where the breakdown discards it
         beta = jnp.where(broken_next, 0.0, beta)
         return (V.at[i + 1].set(v_next), alphas.at[i].set(alpha), betas.at[i].set(beta), pads.at[i].set(broken),
-                scale, broken_next)
+                scale, broken_next, last)
 
-    init = (V, alphas, betas, jnp.zeros((k,), bool), jnp.zeros((), dtype), jnp.bool_(False))
-    V, alphas, betas, pads, scale, _ = lax.fori_loop(0, k, body, init)
+    init = (V, alphas, betas, jnp.zeros((k,), bool), jnp.zeros((), dtype), jnp.bool_(False), jnp.zeros((), dtype))
+    V, alphas, betas, pads, scale, _, last = lax.fori_loop(0, k, body, init)
     top = 2.0 * scale + 1.0  # above every genuine Ritz value (all within [-scale, scale] of the spectrum)
     diagonal = jnp.where(pads, top + jnp.arange(k, dtype=dtype) * (top + 1.0), alphas)
     T = jnp.diag(diagonal) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
@@ -174,7 +176,10 @@ def _lanczos(matvec, v0, num_iters):
     valid = ritz < top
     ritz_vectors = V[:k].T @ vecs
     ritz_vectors = ritz_vectors / jnp.maximum(jnp.linalg.norm(ritz_vectors, axis=0, keepdims=True), 1e-30)
-    residuals = jnp.abs(betas[-1] * vecs[-1])
+    # |H y - theta y| = |beta_m s_m|, m the last genuine step (its beta counted even where the
+    # breakdown discarded it as rounding: it bounds what the Ritz pair misses)
+    m = k - 1 - jnp.sum(pads)
+    residuals = jnp.abs(last * vecs[m])
     return ritz, ritz_vectors, valid, residuals
 
 
@@ -270,7 +275,7 @@ def max_eigenvalue(loss_fn: Callable, params: PyTree, *args, method: str = "powe
             ConvergenceWarning, stacklevel=2)
     if method == "lanczos" and is_concrete(info.converged) and not bool(info.converged):
         warnings.warn(
-            f"max_eigenvalue: after {num_iters} Lanczos steps the Ritz pair's residual |Hv - lam v| is above "
+            f"max_eigenvalue: after {int(info.num_hvps)} Lanczos steps the Ritz pair's residual |Hv - lam v| is above "
             f"sqrt(tol) = {np.sqrt(tol):.3g} of |lam|; the estimate {float(lam):.6g} may be inaccurate. Raise "
             "num_iters.", ConvergenceWarning, stacklevel=2)
     v = unravel(v.astype(dtype))
@@ -326,14 +331,26 @@ def _max_eigenvalue(consts, params, args, v0, lam0, tol, *, traced, method, whic
         # ends of the spectrum have one magnitude, where Rayleigh quotients stall anywhere);
         # its vector's Rayleigh quotient is the answer if it is an eigenpair at the requested end.
         sign = 1.0 if which == "largest" else -1.0
-        rho, v, rayleigh, residual, k, done = _power(matvec, v0, num_iters, tol, jnp.abs(lam0), use_norm=True)
+        # (A previous eigenvalue says nothing about rho: it warm-starts the second pass only.)
+        rho, v, rayleigh, residual, k, done = _power(matvec, v0, num_iters, tol, nan, use_norm=True)
         found = done & (residual <= jnp.sqrt(tol) * jnp.abs(rayleigh)) & (sign * rayleigh > 0)
 
         # 2. otherwise the requested end is the dominant eigenvalue of sign * H + rho I (>= 0)
+        def pass_at(shift, k):
+            mu, v2, _, _, k2, done2 = _power(lambda u: sign * matvec(u) + shift * u, v0, num_iters, tol,
+                                             sign * lam0 + shift, use_norm=False, shift=shift)
+            return mu, v2, k + k2, done2
+
         def shifted(_):
-            mu, v2, _, _, k2, done2 = _power(lambda u: sign * matvec(u) + rho * u, v0, num_iters, tol, nan,
-                                             use_norm=False, shift=rho)
-            return sign * (mu - rho), v2, k + k2, done2
+            mu, v2, k2, done2 = pass_at(rho, k)
+
+            # a negative dominant eigenvalue: rho fell short of the spectral radius (its pass
+            # stopped early), so sign * H + rho I was not positive semi-definite; rho + |mu| is
+            def again(_):
+                mu3, v3, k3, done3 = pass_at(rho + jnp.abs(mu), k2)
+                return sign * (mu3 - rho - jnp.abs(mu)), v3, k3, done3
+
+            return lax.cond(mu < 0, again, lambda _: (sign * (mu - rho), v2, k2, done2), None)
 
         lam, v, k, done = lax.cond(found, lambda _: (rayleigh, v, k, done), shifted, None)
         info = EigenInfo(k, done, nan)

@@ -1088,7 +1088,9 @@ def fit(key: PRNGKey, x: ArrayLike, n_components: int, *, covariance_type: str =
 
     Raises:
       ValueError: on bad input, or when a component collapses (non-finite parameters),
-        naming ``reg_covar``.
+        naming ``reg_covar``; and when a fitted full or tied covariance is too ill-conditioned
+        for the data's dtype (nearly collinear features in float32: see the module docstring),
+        which the other functions would refuse to evaluate.
     """
     key = prng_key("key", key)
     covariance_type = choice("covariance_type", covariance_type, COVARIANCE_TYPES)
@@ -1129,6 +1131,9 @@ def fit(key: PRNGKey, x: ArrayLike, n_components: int, *, covariance_type: str =
     if not exact and (run is None or _separated(run[0], centre)):
         run = _select_restart(_jit_em(starts, x, max_iter, tol, reg_covar, sample_weight, True), x, reg_covar, True)
     best_params, history, n_iter, converged, finals, best = run
+    if covariance_type in ("full", "tied"):  # what the other functions would refuse to evaluate
+        check_conditioning("x (its fitted covariance; raise reg_covar to regularise it)",
+                           np.asarray(best_params.covs).reshape((-1, d, d)), x.dtype)
     info = FitInfo(log_likelihood=history[best, : n_iter[best]], n_iter=int(n_iter[best]),
                    converged=bool(np.asarray(converged)[best]), lower_bound=float(finals[best]),
                    restart_lower_bounds=finals)

@@ -464,3 +464,42 @@ def test_hessian_bounded_sgd_on_a_non_convex_loss_takes_a_bounded_step():
     np.testing.assert_allclose(state[0].eigenvalue, 1.97, rtol=1e-4)  # max |eig diag(0.2, -1.97)|
     np.testing.assert_allclose(updates, -jax.grad(loss)(p) / 1.97, rtol=1e-4)
     assert float(loss(p + updates)) < float(loss(p))
+
+
+def _warm_case(sign):
+    """Eigenvalues 0.99, 2, ..., 10 rotated so that |H e1| = 1 (a review's construction)."""
+    lams = np.r_[0.99, np.arange(2.0, 11.0)]
+    th = np.arcsin(np.sqrt((1 - 0.99**2) / (100 - 0.99**2)))
+    q = np.eye(10)
+    q[[0, 0, 9, 9], [0, 9, 0, 9]] = [np.cos(th), -np.sin(th), np.sin(th), np.cos(th)]
+    H = jnp.asarray(sign * (q * lams) @ q.T, jnp.float32)
+    return lambda p: 0.5 * p @ H @ p
+
+
+def test_power_iteration_warm_started_at_the_requested_end():
+    """A previous eigenvalue at the requested end once stood in for the spectral radius: the
+    shifted pass was then not positive semi-definite and returned the other end (10 for 0.99),
+    marked converged."""
+    e1 = jnp.zeros(10).at[0].set(1.0)
+    for sign, which in ((1.0, "smallest"), (-1.0, "largest")):
+        lam, _, info = curvature.max_eigenvalue(_warm_case(sign), jnp.zeros(10), which=which, init_vector=e1,
+                                                init_eigenvalue=sign * 1.0, return_info=True)
+        assert bool(info.converged)
+        np.testing.assert_allclose(lam, sign * 0.99, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_power_iteration_converges_to_a_zero_eigenvalue(dtype, x64):
+    ev = jnp.asarray([0.0, 1.0, 2.0, 4.0], dtype)  # a flat direction: the smallest eigenvalue is 0
+    lam, _, info = curvature.max_eigenvalue(lambda p: 0.5 * jnp.sum(ev * p * p), jnp.ones(4, dtype), which="smallest",
+                                            return_info=True)
+    assert bool(info.converged)
+    assert abs(float(lam)) <= 1e-5 * 4.0
+
+
+def test_lanczos_does_not_claim_convergence_where_a_breakdown_hid_a_residual():
+    ev = jnp.asarray(np.r_[1e6, np.linspace(1.0, 2.0, 30)], jnp.float32)  # float32, condition number 1e6
+    with pytest.warns(ConvergenceWarning, match="Lanczos steps"):
+        lam, _, info = curvature.max_eigenvalue(lambda p: 0.5 * jnp.sum(ev * p * p), jnp.ones(31), which="smallest",
+                                                method="lanczos", return_info=True)
+    assert not bool(info.converged)

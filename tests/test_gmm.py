@@ -119,7 +119,9 @@ def test_n_init_keeps_best_restart():
     X = _standardised("wine")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", gmm.ConvergenceWarning)
-        _, info = gmm.fit(jax.random.key(0), X, 5, n_init=6, init="random", max_iter=30)
+        # reg_covar 1e-3: with 1e-6 a component of 13 features fits to a covariance of condition
+        # number 5e6, whose float32 densities err by 3% (fit refuses it)
+        _, info = gmm.fit(jax.random.key(0), X, 5, n_init=6, init="random", max_iter=30, reg_covar=1e-3)
     assert info.restart_lower_bounds.shape == (6,)
     assert info.lower_bound == info.restart_lower_bounds.max()
     assert len(set(np.round(info.restart_lower_bounds, 6))) > 1  # restarts really differ
@@ -784,3 +786,16 @@ def test_em_promotes_mixed_dtypes_as_em_step(x64):
                   max_iter=3)[0]
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_fit_refuses_a_covariance_the_other_functions_would_refuse():
+    """Nearly collinear float32 features (correlation 0.99999) fit to a covariance of
+    condition number 1.7e5, which log_prob then refused: fit says so itself, naming x and
+    reg_covar, and a larger reg_covar gives parameters the rest accepts."""
+    rng = np.random.default_rng(0)
+    t = rng.normal(size=500)
+    x = np.stack([t, t + 0.005 * rng.normal(size=500)], axis=1).astype(np.float32)
+    with pytest.raises(ValueError, match=r"x \(its fitted covariance; raise reg_covar .*too ill-conditioned"):
+        gmm.fit(jax.random.key(0), x, 1)
+    params, _ = gmm.fit(jax.random.key(0), x, 1, reg_covar=1e-3)
+    assert np.all(np.isfinite(np.asarray(gmm.log_prob(params, x))))
