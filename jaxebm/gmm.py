@@ -62,7 +62,6 @@ so a second eager call with new values of the same shapes compiles nothing.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import warnings
 from typing import NamedTuple
@@ -1148,13 +1147,8 @@ def fit(key: PRNGKey, x: ArrayLike, n_components: int, *, covariance_type: str =
 def _any_separated(starts: GMMParams, x) -> bool:
     """Does some restart in ``starts`` (a leading restart axis) need the two-pass form?"""
     centre = jnp.mean(x, axis=0)
-    restarts = starts.weights.shape[0]
-    return any(_separated(jax.tree_util.tree_map(functools.partial(_index, r=r), starts), centre)
-               for r in range(restarts))
-
-
-def _index(a, r):
-    return a[r]
+    return any(_separated(jax.tree_util.tree_map(lambda a, r=r: a[r], starts), centre)
+               for r in range(starts.weights.shape[0]))
 
 
 def _select_restart(result, x, reg_covar, exact: bool):
